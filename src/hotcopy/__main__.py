@@ -1,0 +1,3 @@
+from hotcopy.cli import main
+
+main()

@@ -1,0 +1,342 @@
+"""The command line: parse, call a workflow, render. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from hotcopy import config as config_module
+from hotcopy.errors import ExitCode, HotcopyError, RefusedError
+from hotcopy.progress import ConsoleReporter, NullReporter, Reporter, human_bytes
+from hotcopy.runtime import Runtime
+from hotcopy.saga import SqliteJournal
+
+log = logging.getLogger(__name__)
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+CONFIG_OPTION = click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    envvar="HOTCOPY_CONFIG", help="TOML config of the shard (env: HOTCOPY_CONFIG).")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True,
+                           help="Print one JSON document on stdout instead of tables.")
+
+
+def _fail(error: HotcopyError) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {error.message}")
+    if error.hint:
+        err_console.print(f"[dim]hint: {error.hint}[/]")
+    sys.exit(int(error.exit_code))
+
+
+def _guard(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except HotcopyError as exc:
+        _fail(exc)
+
+
+def _open(config_path: str) -> tuple[config_module.Config, SqliteJournal]:
+    config = config_module.load(config_path)
+    return config, SqliteJournal(config.journal_path())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True,
+              help="-v: log each step; -vv: every command and query.")
+@click.version_option(package_name="hotcopy")
+def cli(verbose: int) -> None:
+    """Re-seed a MySQL/MariaDB replica from a healthy replica of the same shard.
+
+    \b
+    The source replica is paused for milliseconds (SQL thread stopped, a short backup
+    lock, a filesystem snapshot) and released at once; the snapshot travels to the
+    target directly; the target starts on it, replicates from the recorded position,
+    and is verified. Every change is journaled with its undo first: on any failure,
+    or after a crash of this machine, everything is rolled back on every host.
+
+    \b
+    Exit codes: 0 done, 1 failed and rolled back, 2 refused (nothing changed),
+                3 rollback incomplete (a human must look: see `hotcopy show JOB`).
+
+    \b
+    Try it:  hotcopy demo         (a local sandbox shard, a clone under load)
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--source", required=True, help="Healthy replica to copy from (a [servers] name).")
+@click.option("--target", required=True, help="Replica to re-seed (a [servers] name).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan and the preflight findings; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@JSON_OPTION
+def clone(config_path: str, source: str, target: str, dry_run: bool, yes: bool,
+          as_json: bool) -> None:
+    """Re-seed TARGET with a snapshot of SOURCE, transactionally.
+
+    \b
+    Example:
+      hotcopy clone --config shard1.toml --source db2 --target db3 --dry-run
+      hotcopy clone --config shard1.toml --source db2 --target db3 --yes
+    """
+    from hotcopy.workflows import clone as workflow
+    from hotcopy.workflows.report import job_report
+
+    def run() -> None:
+        config, journal = _open(config_path)
+        runtime = Runtime(config)
+        if dry_run or not yes:
+            findings = workflow.plan(runtime, journal, source, target)
+            runtime.close()
+            _render_plan(findings.as_dict(), workflow.STEPS, as_json)
+            if findings.errors:
+                sys.exit(int(ExitCode.REFUSED))
+            if dry_run:
+                return
+            if not sys.stdin.isatty():
+                _fail(RefusedError("refusing to start without confirmation: add --yes"))
+            if not click.confirm(f"Re-seed {target} from {source}?", err=True):
+                sys.exit(int(ExitCode.REFUSED))
+        reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
+        outcome = workflow.start(Runtime(config), journal, source, target, reporter)
+        _finish(job_report(journal, outcome.job.id), outcome.exit_code, outcome.error, as_json)
+
+    _guard(run)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.argument("job_id", metavar="JOB")
+@JSON_OPTION
+def resume(config_path: str, job_id: str, as_json: bool) -> None:
+    """Continue JOB from where its controller stopped (e.g. after a crash)."""
+    from hotcopy.workflows import clone as workflow
+    from hotcopy.workflows.report import job_report
+
+    def run() -> None:
+        config, journal = _open(config_path)
+        reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
+        outcome = workflow.resume(Runtime(config), journal, job_id, reporter)
+        _finish(job_report(journal, job_id), outcome.exit_code, outcome.error, as_json)
+
+    _guard(run)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.argument("job_id", metavar="JOB")
+@JSON_OPTION
+def rollback(config_path: str, job_id: str, as_json: bool) -> None:
+    """Undo everything JOB changed that is still outstanding, on every host."""
+    from hotcopy.workflows import clone as workflow
+    from hotcopy.workflows.report import job_report
+
+    def run() -> None:
+        config, journal = _open(config_path)
+        reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
+        outcome = workflow.rollback(Runtime(config), journal, job_id, reporter)
+        _finish(job_report(journal, job_id), outcome.exit_code, outcome.error, as_json)
+
+    _guard(run)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--limit", default=20, show_default=True, help="How many recent jobs.")
+@JSON_OPTION
+def jobs(config_path: str, limit: int, as_json: bool) -> None:
+    """List recent jobs, newest first."""
+
+    def run() -> None:
+        _, journal = _open(config_path)
+        rows = journal.list_jobs(limit=limit)
+        if as_json:
+            click.echo(json.dumps([{"job": j.id, "kind": j.kind, "state": j.state.value,
+                                    "source": j.params.get("source"),
+                                    "target": j.params.get("target"), "created": j.created,
+                                    "error": j.error} for j in rows], indent=2))
+            return
+        table = Table("job", "kind", "state", "source → target", "started", "error")
+        for j in rows:
+            table.add_row(j.id, j.kind, _state(j.state.value),
+                          f"{j.params.get('source')} → {j.params.get('target')}",
+                          time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created)),
+                          (j.error or "")[:60])
+        out_console.print(table)
+
+    _guard(run)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.argument("job_id", metavar="JOB")
+@JSON_OPTION
+def show(config_path: str, job_id: str, as_json: bool) -> None:
+    """Show JOB: its steps with timings, source impact, coordinates, outstanding undo."""
+    from hotcopy.workflows.report import job_report
+
+    def run() -> None:
+        _, journal = _open(config_path)
+        report = job_report(journal, job_id)
+        if as_json:
+            click.echo(json.dumps(report, indent=2, default=str))
+        else:
+            _render_report(report)
+
+    _guard(run)
+
+
+@cli.group()
+def sandbox() -> None:
+    """A real local shard (MariaDB master + 2 replicas on btrfs) for trying hotcopy."""
+
+
+@sandbox.command("up")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
+def sandbox_up(directory: str) -> None:
+    """Create and start the shard in DIR; writes DIR/hotcopy.toml."""
+    from hotcopy import sandbox as sb
+
+    def run() -> None:
+        info = sb.up(Path(directory))
+        err_console.print(f"sandbox up; config: {info.config_path}")
+
+    _guard(run)
+
+
+@sandbox.command("down")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
+def sandbox_down(directory: str) -> None:
+    """Stop the shard in DIR and remove its mounts, loop devices and files."""
+    from hotcopy import sandbox as sb
+
+    _guard(lambda: sb.down(Path(directory)))
+
+
+@sandbox.command("status")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
+@JSON_OPTION
+def sandbox_status(directory: str, as_json: bool) -> None:
+    """Show the servers of the shard in DIR and their replication."""
+    from hotcopy import sandbox as sb
+
+    def run() -> None:
+        rows = sb.status(Path(directory))
+        if as_json:
+            click.echo(json.dumps(rows, indent=2, default=str))
+            return
+        table = Table(*(rows[0].keys() if rows else ["name"]))
+        for row in rows:
+            table.add_row(*(str(v) for v in row.values()))
+        out_console.print(table)
+
+    _guard(run)
+
+
+@cli.command()
+@click.option("--dir", "directory", default="/var/tmp/hotcopy-demo",  # noqa: S108
+              show_default=True,
+              type=click.Path(file_okay=False), help="Where the sandbox shard lives.")
+@click.option("--keep/--no-keep", default=True, show_default=True,
+              help="Leave the sandbox running afterwards, to explore it.")
+def demo(directory: str, keep: bool) -> None:
+    """Sandbox shard, write load, clone replica2 from replica1, and the proof."""
+    from hotcopy import demo as demo_module
+
+    _guard(lambda: sys.exit(demo_module.run(Path(directory), keep=keep, console=err_console)))
+
+
+def _state(state: str) -> str:
+    colour = {"committed": "green", "rolled-back": "yellow", "failed": "yellow",
+              "rollback-incomplete": "bold red", "running": "cyan"}.get(state, "white")
+    return f"[{colour}]{state}[/]"
+
+
+def _render_plan(plan: dict[str, Any], steps: list[Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"plan": [{"step": s.name, "does": s.title} for s in steps],
+                               **plan}, indent=2, default=str))
+        return
+    table = Table("#", "step", "what it does", title="plan")
+    for i, step in enumerate(steps, 1):
+        table.add_row(str(i), step.name, step.title)
+    err_console.print(table)
+    facts = plan["facts"]
+    if "ship_bytes" in facts:
+        err_console.print(f"to ship: {human_bytes(facts['ship_bytes'])} in {facts['ship_files']} "
+                          f"files; snapshot: {facts.get('snapshot_backend')}; target free: "
+                          f"{human_bytes(facts.get('target_free_bytes', 0))}")
+    for finding in plan["findings"]:
+        colour = {"error": "red", "warning": "yellow"}.get(finding["severity"], "dim")
+        hint = f" [dim](hint: {finding['hint']})[/]" if finding.get("hint") else ""
+        err_console.print(f"[{colour}]{finding['severity']}[/]: {finding['message']}{hint}")
+    if not plan["findings"]:
+        err_console.print("[green]preflight: no problems found[/]")
+
+
+def _render_report(report: dict[str, Any]) -> None:
+    out_console.print(f"job [bold]{report['job']}[/] ({report['kind']} {report['source']} → "
+                      f"{report['target']}): {_state(report['state'])}")
+    table = Table("step", "outcome", "ms", "detail")
+    for step in report["steps"]:
+        table.add_row(step["name"], step["outcome"], str(step["ms"]),
+                      (step["error"] or step["detail"] or "")[:90])
+    out_console.print(table)
+    _render_impact(report)
+    if report["outstanding_undo"]:
+        out_console.print("[bold red]outstanding undo (run `hotcopy rollback "
+                          f"{report['job']}`):[/]")
+        for entry in report["outstanding_undo"]:
+            out_console.print(f"  - {entry['label']} [{entry['state']}] {entry['error'] or ''}")
+
+
+def _render_impact(report: dict[str, Any]) -> None:
+    def ms(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.1f} ms"
+
+    out_console.print(f"source write lock: {ms(report['source_lock_ms'])}   "
+                      f"source replication paused: {ms(report['source_replication_paused_ms'])}")
+    if report["bytes_transferred"] is not None:
+        out_console.print(f"transferred: {human_bytes(report['bytes_transferred'])}")
+    coords = report.get("coordinates")
+    if coords:
+        out_console.print(f"position: {coords['gtid_variable']}={coords['gtid']} "
+                          f"({coords['master_log_file']}:{coords['master_log_pos']} on "
+                          f"{coords['master_host']}:{coords['master_port']})")
+
+
+def _finish(report: dict[str, Any], code: ExitCode, error: HotcopyError | None,
+            as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({**report, "exit_code": int(code)}, indent=2, default=str))
+        if error is not None:
+            err_console.print(f"[bold red]{report['job']}: {error}[/]")
+    else:
+        _render_report(report)
+        if error is not None:
+            err_console.print(f"[bold red]{report['job']}: {error.message}[/]")
+            if code == ExitCode.FAILED_ROLLED_BACK:
+                err_console.print("[yellow]everything this job changed was undone[/]")
+            elif code == ExitCode.ROLLBACK_INCOMPLETE:
+                err_console.print(f"[bold red]rollback incomplete: fix the causes above, then "
+                                  f"`hotcopy rollback {report['job']}`[/]")
+    sys.exit(int(code))
+
+
+def main() -> None:
+    cli(prog_name="hotcopy")

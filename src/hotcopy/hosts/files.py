@@ -1,0 +1,79 @@
+"""Directory operations on a host that know about btrfs subvolumes.
+
+A datadir that is a subvolume must stay one after a clone (so the new replica can be a
+clone source in turn), and a subvolume cannot be removed with ``rm -rf`` alone; these
+helpers hide that difference from the workflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from hotcopy.hosts.base import Executor
+from hotcopy.runtime import Runtime
+from hotcopy.saga import undo_action
+
+log = logging.getLogger(__name__)
+
+
+def _fstype(executor: Executor, path: str) -> str:
+    return executor.run(["stat", "-f", "-c", "%T", path]).stdout.strip()
+
+
+def _is_subvolume(executor: Executor, path: str) -> bool:
+    if _fstype(executor, path) != "btrfs":
+        return False
+    return executor.run(["stat", "-c", "%i", path]).stdout.strip() == "256"
+
+
+def make_directory(executor: Executor, path: str, *, mode: int = 0o700) -> None:
+    """Create path (a subvolume when its parent is on btrfs); an existing one is kept."""
+    if executor.exists(path):
+        return
+    parent = os.path.dirname(path.rstrip("/"))
+    if _fstype(executor, parent) == "btrfs":
+        executor.run(["btrfs", "subvolume", "create", path])
+        executor.run(["chmod", f"{mode:o}", path])
+    else:
+        executor.run(["mkdir", "-m", f"{mode:o}", path])
+
+
+def remove_tree(executor: Executor, path: str) -> None:
+    """Remove path and everything under it; a missing path is fine (idempotent)."""
+    if not executor.exists(path):
+        return
+    if _is_subvolume(executor, path):
+        executor.run(["btrfs", "subvolume", "delete", path], timeout=3600)
+    else:
+        executor.run(["rm", "-rf", "--one-file-system", path], timeout=3600)
+
+
+def rename(executor: Executor, source: str, destination: str) -> None:
+    executor.run(["mv", "-T", "--", source, destination])
+
+
+@undo_action("host.remove_tree", describe="remove {path} on {server}")
+def _undo_remove_tree(runtime: Runtime, params: Mapping[str, Any]) -> None:
+    remove_tree(runtime.executor(params["server"]), params["path"])
+
+
+@undo_action("host.remove_file", describe="remove {path} on {server}")
+def _undo_remove_file(runtime: Runtime, params: Mapping[str, Any]) -> None:
+    runtime.executor(params["server"]).run(["rm", "-f", "--", params["path"]])
+
+
+@undo_action("host.restore_datadir",
+             describe="put the original datadir {moved_to} back at {datadir} on {server}")
+def _undo_restore_datadir(runtime: Runtime, params: Mapping[str, Any]) -> None:
+    """Whatever stands at the datadir now is a copy from the source: it can go."""
+    executor = runtime.executor(params["server"])
+    datadir, moved_to = params["datadir"], params["moved_to"]
+    if not executor.exists(moved_to):
+        if executor.exists(datadir):
+            return  # never moved, or already moved back
+        raise RuntimeError(f"neither {datadir} nor {moved_to} exists on {executor.name}")
+    remove_tree(executor, datadir)
+    rename(executor, moved_to, datadir)

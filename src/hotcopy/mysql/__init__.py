@@ -1,0 +1,1 @@
+"""Everything that speaks SQL: connections, flavor dialects, replication, locks, mysqld."""

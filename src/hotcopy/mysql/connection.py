@@ -1,0 +1,138 @@
+"""Connections to the servers of a shard, with credentials from option files only.
+
+Passwords never appear in argv, logs, the journal or error messages: PyMySQL reads
+them from the ``[client]`` group of an option file, exactly as the mysql client does.
+Driver errors are translated into messages that say which server and what to check.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pymysql
+import pymysql.cursors
+
+from hotcopy.errors import MySQLError
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+ER_ACCESS_DENIED = 1045
+ER_CONN_HOST_ERROR = 2003
+ER_SERVER_GONE = 2006
+ER_SERVER_LOST = 2013
+ER_LOCK_WAIT_TIMEOUT = 1205
+ER_QUERY_INTERRUPTED = 1317
+ER_NO_SUCH_THREAD = 1094
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    name: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.host}:{self.port})"
+
+
+class Connection:
+    """One session on one server; queries return rows as dicts keyed by column name."""
+
+    def __init__(self, address: ServerAddress, raw: Any) -> None:
+        self.address = address
+        self._raw = raw
+
+    @property
+    def thread_id(self) -> int:
+        return int(self._raw.thread_id())
+
+    def query(self, sql: str, args: Sequence[Any] | None = None) -> list[Row]:
+        log.debug("%s: %s", self.address.name, sql)
+        try:
+            with self._raw.cursor(pymysql.cursors.DictCursor) as cursor:
+                cursor.execute(sql, args)
+                return list(cursor.fetchall())
+        except pymysql.err.MySQLError as exc:
+            raise translate(self.address, exc, sql) from exc
+
+    def one(self, sql: str, args: Sequence[Any] | None = None) -> Row | None:
+        rows = self.query(sql, args)
+        return rows[0] if rows else None
+
+    def scalar(self, sql: str, args: Sequence[Any] | None = None) -> Any:
+        row = self.one(sql, args)
+        return None if row is None else next(iter(row.values()))
+
+    def execute(self, sql: str, args: Sequence[Any] | None = None) -> None:
+        self.query(sql, args)
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        except Exception:
+            log.debug("closing %s failed", self.address, exc_info=True)
+
+
+def connect(
+    address: ServerAddress,
+    option_file: str,
+    *,
+    connect_timeout: float = 5,
+    read_timeout: float | None = None,
+) -> Connection:
+    """Open a session as the account in option_file's ``[client]`` group."""
+    try:
+        raw = pymysql.connect(
+            host=address.host,
+            port=address.port,
+            read_default_file=option_file,
+            read_default_group="client",
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            autocommit=True,
+            charset="utf8mb4",
+        )
+    except pymysql.err.MySQLError as exc:
+        raise translate(address, exc, None) from exc
+    return Connection(address, raw)
+
+
+@contextmanager
+def session(address: ServerAddress, option_file: str, **kwargs: Any) -> Iterator[Connection]:
+    conn = connect(address, option_file, **kwargs)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The MySQL error number behind a (translated) error, if there is one."""
+    cause = exc.__cause__ if isinstance(exc, MySQLError) else exc
+    if isinstance(cause, pymysql.err.MySQLError) and cause.args and isinstance(cause.args[0], int):
+        return int(cause.args[0])
+    return None
+
+
+def translate(address: ServerAddress, exc: pymysql.err.MySQLError, sql: str | None) -> MySQLError:
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+    if code == ER_ACCESS_DENIED:
+        return MySQLError(
+            f"{address}: access denied for the admin account",
+            hint="check user and password in the option file named by [mysql] option_file, "
+                 "and that the account may connect from this host")
+    if code == ER_CONN_HOST_ERROR:
+        return MySQLError(
+            f"{address}: cannot connect ({text})",
+            hint="is mysqld running and listening on that address and port?")
+    if code in (ER_SERVER_GONE, ER_SERVER_LOST):
+        return MySQLError(f"{address}: connection lost ({text})")
+    where = f" in `{sql[:120]}`" if sql else ""
+    return MySQLError(f"{address}: error {code}{where}: {text}")

@@ -1,0 +1,159 @@
+"""What every dialect provides, and the value types they share.
+
+MariaDB and the MySQL releases disagree on statement names (SLAVE/REPLICA,
+MASTER/SOURCE), status columns, GTID variables and backup locks. Workflows ask the
+flavor for a statement by intent ("stop the SQL thread", "record coordinates") and get
+SQL text plus parameters; user-supplied values always travel as parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+Statement = tuple[str, tuple[Any, ...]]
+
+_IDENTIFIER_OK = re.compile(r"^[^\x00]{1,64}$")
+
+
+def quote_identifier(name: str) -> str:
+    """Backtick-quote a schema or table name taken from the server's own catalog."""
+    if not _IDENTIFIER_OK.match(name):
+        raise ValueError(f"not a valid identifier: {name!r}")
+    return "`" + name.replace("`", "``") + "`"
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One replication channel, with the dialect's column names normalised."""
+
+    master_host: str
+    master_port: int
+    master_user: str
+    io_running: str
+    sql_running: str
+    seconds_behind: int | None
+    relay_master_log_file: str
+    exec_master_log_pos: int
+    last_io_error: str
+    last_sql_error: str
+    last_sql_errno: int
+    using_gtid: str
+    channel: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.io_running == "Yes" and self.sql_running == "Yes"
+
+
+@dataclass(frozen=True)
+class Coordinates:
+    """Where the source's data stood in the master's history when the snapshot was taken."""
+
+    master_host: str
+    master_port: int
+    master_user: str
+    master_log_file: str
+    master_log_pos: int
+    gtid: str
+    gtid_variable: str
+    flavor: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Coordinates:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class LockStage:
+    """One rung of the lock ladder; ``blocks_writes`` marks where the write lock begins."""
+
+    name: str
+    sql: str
+    blocks_writes: bool
+
+
+class Flavor(Protocol):
+    name: str
+    version: tuple[int, int, int]
+
+    def stop_sql_thread(self) -> Statement: ...
+    def start_sql_thread(self) -> Statement: ...
+    def start_replica(self) -> Statement: ...
+    def stop_replica(self) -> Statement: ...
+    def reset_replica_all(self) -> Statement: ...
+    def replica_status(self) -> Statement: ...
+    def parse_replica_status(self, row: dict[str, Any]) -> ReplicaStatus: ...
+    def lock_ladder(self) -> list[LockStage]: ...
+    def unlock(self) -> list[Statement]: ...
+    def flush_engine_logs(self) -> Statement: ...
+    def gtid_position(self) -> Statement: ...
+    def gtid_variable(self) -> str: ...
+    def change_master(self, coords: Coordinates, user: str, password: str) -> Statement: ...
+    def prepare_gtid_position(self, gtid: str) -> list[Statement]: ...
+    def start_replica_until(self, gtid: str) -> Statement: ...
+    def replica_gtid_position(self) -> Statement: ...
+    def master_gtid_position(self) -> Statement: ...
+    def wait_for_gtid(self, gtid: str, timeout_s: float) -> Statement: ...
+    def binlog_dump_threads(self) -> Statement: ...
+
+
+def set_session_lock_wait_timeout(seconds: int) -> Statement:
+    return ("SET SESSION lock_wait_timeout = %s", (int(seconds),))
+
+
+def set_global(variable: str, value: Any) -> Statement:
+    if not re.fullmatch(r"[a-z_]{1,64}", variable):
+        raise ValueError(f"refusing to SET GLOBAL an unexpected variable name: {variable!r}")
+    return (f"SET GLOBAL {variable} = %s", (value,))
+
+
+def get_global(variable: str) -> Statement:
+    if not re.fullmatch(r"[a-z_]{1,64}", variable):
+        raise ValueError(f"unexpected variable name: {variable!r}")
+    return (f"SELECT @@GLOBAL.{variable} AS value", ())
+
+
+def kill_connection(thread_id: int) -> Statement:
+    return ("KILL CONNECTION %s", (int(thread_id),))
+
+
+def connection_owner(thread_id: int) -> Statement:
+    return ("SELECT ID, USER, COMMAND, STATE FROM information_schema.PROCESSLIST WHERE ID = %s",
+            (int(thread_id),))
+
+
+def checksum_tables(tables: list[tuple[str, str]]) -> Statement:
+    names = ", ".join(f"{quote_identifier(s)}.{quote_identifier(t)}" for s, t in tables)
+    return (f"CHECKSUM TABLE {names} EXTENDED", ())
+
+
+def user_tables() -> Statement:
+    return ("SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES "
+            "WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN "
+            "('mysql', 'information_schema', 'performance_schema', 'sys') "
+            "ORDER BY TABLE_SCHEMA, TABLE_NAME", ())
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
+    if not match:
+        raise ValueError(f"cannot read a version from {text!r}")
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+def detect(version_string: str) -> Flavor:
+    """Pick the dialect from ``SELECT VERSION()``."""
+    from hotcopy.mysql.flavor.mariadb import MariaDB
+    from hotcopy.mysql.flavor.mysql import MySQL
+
+    version = parse_version(version_string)
+    if "mariadb" in version_string.lower():
+        return MariaDB(version)
+    return MySQL(version)

@@ -1,0 +1,1 @@
+"""Filesystem snapshots of a source datadir: one module per backend."""

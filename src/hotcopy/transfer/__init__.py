@@ -1,0 +1,1 @@
+"""Moving a snapshot from source to target: one module per method."""

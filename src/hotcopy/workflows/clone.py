@@ -1,0 +1,210 @@
+"""The clone workflow: DESIGN.md's procedure as a list of steps, plus its lifecycle.
+
+``clone`` runs it under the durable rollback queue; any exception, SIGINT or SIGTERM
+rolls everything back. ``resume`` continues a job whose controller died; ``rollback``
+finishes undoing one. All three work from the journal alone, in a fresh process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+# Importing these registers the undo actions a rollback in a fresh process may need.
+import hotcopy.hosts.files
+import hotcopy.mysql.undo
+import hotcopy.snapshot.btrfs
+import hotcopy.transfer.rsyncd  # noqa: F401
+from hotcopy.errors import ExitCode, HotcopyError, RefusedError
+from hotcopy.hosts import files
+from hotcopy.progress import Reporter
+from hotcopy.runtime import Runtime
+from hotcopy.saga import Job, JobState, Journal, RollbackReport, Transaction, signals_as_exceptions
+from hotcopy.workflows import preflight, source_steps, target_steps, verify
+from hotcopy.workflows.faults import Faults
+from hotcopy.workflows.runner import Step, StepContext, run_steps
+
+log = logging.getLogger(__name__)
+
+
+def _preflight(ctx: StepContext) -> dict[str, Any]:
+    report = preflight.run(ctx.runtime, ctx.journal, ctx.params["source"], ctx.params["target"],
+                           ctx.job_id)
+    for finding in report.findings:
+        if finding.severity == "warning":
+            ctx.reporter.warning(finding.message)
+    report.raise_if_errors()
+    facts = report.facts
+    return {**facts, "_detail": f"{facts['ship_bytes'] / 1e6:.1f} MB in "
+                                f"{facts['ship_files']} files to ship"}
+
+
+def _lock_job(ctx: StepContext) -> dict[str, Any]:
+    ctx.journal.acquire_locks(ctx.job_id, [f"server:{ctx.params['source']}",
+                                           f"server:{ctx.params['target']}"])
+    return {}
+
+
+def _commit(ctx: StepContext) -> dict[str, Any]:
+    old = ctx.state.get("old_datadir")
+    target = ctx.params["target"]
+    keep = ctx.runtime.config.clone.keep_old_datadir
+    if old and not keep:
+        files.remove_tree(ctx.runtime.executor(target), old)
+    return {"old_datadir_kept": bool(old and keep),
+            "_detail": f"old datadir kept at {old}" if old and keep else "old datadir removed"}
+
+
+STEPS: list[Step] = [
+    Step("preflight", "check both servers, read-only", _preflight),
+    Step("lock_job", "take the job lock on source and target", _lock_job),
+    Step("preflush", "flush InnoDB dirty pages on the source", source_steps.preflush, "source"),
+    Step("stop_sql_thread", "stop the source's replication SQL thread",
+         source_steps.stop_sql_thread, "source"),
+    Step("lock_source", "take the backup lock on the source", source_steps.lock_source, "source"),
+    Step("record_position", "flush engine logs and record the replication position",
+         source_steps.record_position, "source"),
+    Step("snapshot", "snapshot the source datadir", source_steps.snapshot, "source"),
+    Step("release_source", "unlock the source and restart its SQL thread",
+         source_steps.release_source),
+    Step("prepare_target", "make the staging directory on the target",
+         target_steps.prepare_target),
+    Step("serve", "start the transfer server on the source", target_steps.serve, "transfer"),
+    Step("pull", "copy the snapshot to the target", target_steps.pull, "transfer"),
+    Step("drop_snapshot", "stop the transfer server and destroy the snapshot",
+         target_steps.drop_snapshot),
+    Step("stop_target", "stop mysqld on the target", target_steps.stop_target),
+    Step("swap_datadir", "move the old datadir aside and install the new one",
+         target_steps.swap_datadir),
+    Step("start_target", "start mysqld on the target (InnoDB recovery)",
+         target_steps.start_target),
+    Step("change_master", "point the target at the master at the recorded position",
+         target_steps.change_master),
+    Step("catch_up", "wait for the target to catch up", target_steps.catch_up),
+    Step("verify", "compare table checksums of source and target", verify.verify),
+    Step("commit", "commit: remove the old datadir", _commit),
+]
+
+
+@dataclass
+class Outcome:
+    job: Job
+    exit_code: ExitCode
+    error: HotcopyError | None = None
+    rollback: RollbackReport | None = None
+
+
+def plan(runtime: Runtime, journal: Journal, source: str, target: str) -> preflight.Preflight:
+    """What --dry-run prints: the read-only checks; the caller renders STEPS beside them."""
+    return preflight.run(runtime, journal, source, target)
+
+
+def _context(runtime: Runtime, journal: Journal, job: Job, reporter: Reporter) -> StepContext:
+    tx = Transaction(journal, job.id, runtime)
+    return StepContext(job.id, dict(job.params), runtime, journal, tx, reporter,
+                       Faults.from_environment())
+
+
+def start(runtime: Runtime, journal: Journal, source: str, target: str,
+          reporter: Reporter) -> Outcome:
+    runtime.config.server(source)
+    runtime.config.server(target)
+    faults = Faults.from_environment()  # a bad HOTCOPY_FAULT is refused before any job exists
+    job = journal.create_job("clone", {"source": source, "target": target,
+                                       "config": runtime.config.source_path})
+    ctx = _context(runtime, journal, job, reporter)
+    ctx.faults = faults
+    return _execute(ctx, resume=False)
+
+
+def resume(runtime: Runtime, journal: Journal, job_id: str, reporter: Reporter) -> Outcome:
+    job = journal.get_job(job_id)
+    _refuse_if_alive(job)
+    if job.terminal:
+        raise RefusedError(f"job {job.id} is {job.state}; there is nothing to resume")
+    if job.state in (JobState.ROLLING_BACK, JobState.ROLLBACK_INCOMPLETE):
+        raise RefusedError(f"job {job.id} was rolling back; finish with `hotcopy rollback "
+                           f"{job.id}`")
+    return _execute(_context(runtime, journal, job, reporter), resume=True)
+
+
+def rollback(runtime: Runtime, journal: Journal, job_id: str, reporter: Reporter) -> Outcome:
+    job = journal.get_job(job_id)
+    _refuse_if_alive(job)
+    if job.terminal:
+        raise RefusedError(f"job {job.id} is {job.state}; there is nothing to roll back")
+    journal.claim_job(job.id, socket.gethostname(), os.getpid())
+    tx = Transaction(journal, job.id, runtime)
+    with signals_as_exceptions():
+        report = tx.rollback()
+    for entry in report.done:
+        reporter.note(f"undone: {entry.label}")
+    job = journal.get_job(job.id)
+    if report.complete:
+        return Outcome(job, ExitCode.OK, rollback=report)
+    return Outcome(job, ExitCode.ROLLBACK_INCOMPLETE, HotcopyError(report.describe()), report)
+
+
+def _execute(ctx: StepContext, *, resume: bool) -> Outcome:
+    journal, job_id = ctx.journal, ctx.job_id
+    journal.claim_job(job_id, socket.gethostname(), os.getpid())
+    journal.set_job_state(job_id, JobState.RUNNING)
+    try:
+        with signals_as_exceptions():
+            run_steps(STEPS, ctx, resume=resume)
+            ctx.tx.commit()
+    except BaseException as exc:
+        error = exc if isinstance(exc, HotcopyError) else HotcopyError(f"unexpected error: {exc!r}")
+        log.debug("clone %s failed", job_id, exc_info=True)
+        return _roll_back_after(ctx, error)
+    finally:
+        ctx.runtime.close()
+    return Outcome(journal.get_job(job_id), ExitCode.OK)
+
+
+def _roll_back_after(ctx: StepContext, error: HotcopyError) -> Outcome:
+    journal, job_id = ctx.journal, ctx.job_id
+    live_lock = ctx.live.pop("lock", None)
+    if live_lock is not None:
+        live_lock.conn.close()  # the server drops a session's backup lock with the session
+    if not ctx.tx.pending():
+        journal.set_job_state(job_id, JobState.FAILED, error=str(error))
+        journal.release_locks(job_id)
+        code = ExitCode.REFUSED if isinstance(error, RefusedError) else ExitCode.FAILED_ROLLED_BACK
+        return Outcome(journal.get_job(job_id), code, error)
+    ctx.reporter.warning(f"{error.message}; rolling back")
+    journal.update_job_info(job_id, failure=str(error))
+    report = ctx.tx.rollback()
+    for entry in report.done:
+        ctx.reporter.note(f"undone: {entry.label}")
+    if report.complete:
+        journal.release_locks(job_id)
+    job = journal.get_job(job_id)
+    if report.complete:
+        return Outcome(job, ExitCode.FAILED_ROLLED_BACK, error, report)
+    return Outcome(job, ExitCode.ROLLBACK_INCOMPLETE, error, report)
+
+
+def _refuse_if_alive(job: Job) -> None:
+    """Two controllers acting on one job would undo each other's work."""
+    if job.owner_host != socket.gethostname() or not job.owner_pid:
+        return
+    if job.owner_pid == os.getpid():
+        return
+    try:
+        os.kill(job.owner_pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{job.owner_pid}/cmdline", "rb") as handle:
+            cmdline = handle.read()
+    except OSError:
+        return
+    if b"hotcopy" in cmdline and job.state in (JobState.RUNNING, JobState.ROLLING_BACK):
+        raise RefusedError(f"job {job.id} is still being run by pid {job.owner_pid} on this "
+                           "host", hint="wait for it, or stop it (SIGTERM rolls it back)")

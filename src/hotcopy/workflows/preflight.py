@@ -1,0 +1,255 @@
+"""Read-only checks before a clone, and the facts the later steps rely on.
+
+Nothing here changes any host: every problem is reported as a finding, and any
+finding of severity "error" stops the clone with exit code 2 before the first change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hotcopy.errors import HotcopyError, MySQLError, RefusedError
+from hotcopy.hosts import Executor
+from hotcopy.mysql import replication
+from hotcopy.mysql.flavor import ReplicaStatus
+from hotcopy.mysql.mysqld import read_layout
+from hotcopy.mysql.server import Server
+from hotcopy.runtime import Runtime
+from hotcopy.saga import Journal
+from hotcopy.snapshot.base import backend_for, inside
+from hotcopy.transfer.base import STATIC_EXCLUDES, is_excluded, log_excludes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Finding:
+    severity: str  # error | warning | info
+    check: str
+    message: str
+    hint: str | None = None
+
+
+@dataclass
+class Preflight:
+    findings: list[Finding] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def error(self, check: str, message: str, hint: str | None = None) -> None:
+        self.findings.append(Finding("error", check, message, hint))
+
+    def warn(self, check: str, message: str, hint: str | None = None) -> None:
+        self.findings.append(Finding("warning", check, message, hint))
+
+    def info(self, check: str, message: str) -> None:
+        self.findings.append(Finding("info", check, message))
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"findings": [asdict(f) for f in self.findings], "facts": self.facts}
+
+    def raise_if_errors(self) -> None:
+        if self.errors:
+            lines = [f"- {f.message}" + (f" (hint: {f.hint})" if f.hint else "")
+                     for f in self.errors]
+            raise RefusedError("preflight found problems; nothing was changed:\n"
+                               + "\n".join(lines))
+
+
+def run(runtime: Runtime, journal: Journal, source: str, target: str,
+        job_id: str = "plan") -> Preflight:
+    report = Preflight()
+    config = runtime.config
+    if source == target:
+        report.error("arguments", f"source and target are the same server ({source})")
+        return report
+    source_conf, target_conf = config.server(source), config.server(target)
+    report.facts.update(source=source, target=target, source_address=source_conf.host,
+                        target_address=target_conf.host)
+    _check_locks(report, journal, source, target)
+    src = runtime.server(source)
+    if not _reachable(report, src, "source"):
+        return report
+    status = _check_source_replication(report, runtime, src)
+    if status is None:
+        return report
+    _check_master(report, runtime, status)
+    _check_target_sql(report, runtime, target, status)
+    src_exec, tgt_exec = runtime.executor(source), runtime.executor(target)
+    _check_tools(report, src_exec, "source", ["rsync", "find", "stat", "findmnt"])
+    _check_tools(report, tgt_exec, "target", ["rsync", "stat", "df", "chown"])
+    if report.errors:
+        return report
+    _check_source_files(report, runtime, src, source, job_id)
+    if not report.errors:
+        _check_target_files(report, runtime, target)
+    return report
+
+
+def _reachable(report: Preflight, server: Server, role: str) -> bool:
+    try:
+        version = server.version_string
+    except MySQLError as exc:
+        report.error(f"{role}.connect", exc.message, exc.hint)
+        return False
+    report.facts[f"{role}_version"] = version
+    report.facts[f"{role}_flavor"] = server.flavor.name
+    return True
+
+
+def _check_locks(report: Preflight, journal: Journal, source: str, target: str) -> None:
+    for job in journal.list_jobs(limit=200):
+        if job.terminal or job.kind != "clone":
+            continue
+        busy = {job.params.get("source"), job.params.get("target")} & {source, target}
+        if busy:
+            report.error("busy", f"job {job.id} ({job.state}) is still working on "
+                         f"{', '.join(sorted(str(b) for b in busy))}",
+                         hint=f"finish it first: `hotcopy resume {job.id}` or "
+                              f"`hotcopy rollback {job.id}`")
+
+
+def _check_source_replication(report: Preflight, runtime: Runtime,
+                              src: Server) -> ReplicaStatus | None:
+    try:
+        status = replication.single_channel(src)
+    except HotcopyError as exc:
+        report.error("source.replication", exc.message)
+        return None
+    if status is None:
+        report.error("source.replica", f"{src.name} is not a replica (no replication "
+                     "configured): the source must be a healthy replica of the shard's master")
+        return None
+    if not status.running:
+        error = status.last_sql_error or status.last_io_error or "stopped"
+        report.error("source.replication", f"replication on {src.name} is not running "
+                     f"(IO {status.io_running}, SQL {status.sql_running}): {error}",
+                     hint="a source whose replication is broken would seed a broken replica")
+    lag = status.seconds_behind
+    limit = runtime.config.clone.max_source_lag_s
+    if lag is not None and lag > limit:
+        report.error("source.lag", f"{src.name} is {lag}s behind its master "
+                     f"(limit clone.max_source_lag_s = {limit})")
+    report.facts["master"] = {"host": status.master_host, "port": status.master_port}
+    report.facts["using_gtid"] = status.using_gtid
+    return status
+
+
+def master_name(runtime: Runtime, host: str, port: int) -> str | None:
+    for name, server in runtime.config.servers.items():
+        if server.host == host and server.port == port:
+            return name
+    return None
+
+
+def _check_master(report: Preflight, runtime: Runtime, status: ReplicaStatus) -> None:
+    name = master_name(runtime, status.master_host, status.master_port)
+    report.facts["master"]["name"] = name
+    if name is None:
+        report.warn("master", f"the source's master {status.master_host}:{status.master_port} "
+                    "is not among the configured servers; catch-up is judged by lag only")
+
+
+def _check_target_sql(report: Preflight, runtime: Runtime, target: str,
+                      status: ReplicaStatus) -> None:
+    tgt_conf = runtime.config.server(target)
+    if (tgt_conf.host, tgt_conf.port) == (status.master_host, status.master_port):
+        report.error("target.master", f"{target} is the shard's master; hotcopy only "
+                     "re-seeds replicas")
+        return
+    control = runtime.mysqld(target)
+    running = control.is_running()
+    report.facts["target_running"] = running
+    if not running:
+        report.warn("target.down", f"mysqld on {target} is not running; it will be re-seeded "
+                    "and started")
+        return
+    tgt = runtime.server(target)
+    if not _reachable(report, tgt, "target"):
+        return
+    children = replication.replicas_of(tgt)
+    if children:
+        report.error("target.replicas", f"{target} has replicas of its own "
+                     f"({', '.join(children)}); re-seeding it would break them",
+                     hint="re-point them to another server first")
+    src_version = report.facts.get("source_version", "")
+    tgt_version = report.facts.get("target_version", "")
+    if src_version.split(".")[:2] != tgt_version.split(".")[:2]:
+        report.error("versions", f"source runs {src_version} but target runs {tgt_version}; "
+                     "a datadir only moves between servers of the same major.minor version")
+
+
+def _check_tools(report: Preflight, executor: Executor, role: str, tools: list[str]) -> None:
+    for tool in tools:
+        if not executor.run(["sh", "-c", f"command -v {tool}"], check=False).ok:
+            report.error(f"{role}.tools", f"`{tool}` is not installed on {executor.name}")
+
+
+def _check_source_files(report: Preflight, runtime: Runtime, src: Server, source: str,
+                        job_id: str) -> None:
+    executor = runtime.executor(source)
+    datadir = runtime.config.server(source).datadir
+    live = os.path.normpath(str(src.variable("datadir") or ""))
+    if live and os.path.normpath(datadir) != live:
+        report.error("source.datadir", f"servers.{source}.datadir is {datadir} but the server "
+                     f"uses {live}")
+        return
+    for variable in ("innodb_log_group_home_dir", "innodb_undo_directory",
+                     "innodb_data_home_dir"):
+        value = str(src.variable(variable) or "")
+        if value and value.startswith("/") and not inside(value, datadir):
+            report.error("source.layout", f"{variable} = {value} lies outside the datadir: "
+                         "InnoDB files split over several places cannot be snapshotted "
+                         "atomically")
+    try:
+        backend = backend_for(executor, datadir, runtime.config.server(source).snapshot)
+        plan = backend.plan(executor, source, datadir, job_id)
+    except RefusedError as exc:
+        report.error("source.snapshot", exc.message, exc.hint)
+        return
+    report.facts["snapshot_backend"] = backend.name
+    report.facts["snapshot_plan"] = plan.as_dict()
+    excludes = list(STATIC_EXCLUDES) + log_excludes(
+        datadir, [src.variable("log_bin_basename"), src.variable("relay_log_basename")])
+    report.facts["excludes"] = excludes
+    listing = executor.run(["find", datadir, "-xdev", "-type", "f", "-printf", r"%P\t%s\n"],
+                           timeout=600).stdout
+    total = files = 0
+    for line in listing.splitlines():
+        rel, _, size = line.rpartition("\t")
+        if rel and not is_excluded(rel, excludes):
+            total += int(size)
+            files += 1
+    report.facts["ship_bytes"] = total
+    report.facts["ship_files"] = files
+
+
+def _check_target_files(report: Preflight, runtime: Runtime, target: str) -> None:
+    executor = runtime.executor(target)
+    datadir = runtime.config.server(target).datadir
+    parent = os.path.dirname(datadir)
+    if not executor.exists(parent):
+        report.error("target.datadir", f"{parent} does not exist on {executor.name}")
+        return
+    if executor.exists(datadir):
+        owner = executor.run(["stat", "-c", "%u:%g %a", datadir]).stdout.split()
+        report.facts["target_owner"], report.facts["target_mode"] = owner[0], owner[1]
+    else:
+        report.facts["target_owner"], report.facts["target_mode"] = "mysql:mysql", "750"
+    layout = read_layout(executor, runtime.config.server(target).defaults_file)
+    if layout.datadir and os.path.normpath(layout.datadir) != os.path.normpath(datadir):
+        report.error("target.datadir", f"servers.{target}.datadir is {datadir} but its "
+                     f"defaults file says {layout.datadir}")
+    avail = int(executor.run(["df", "--output=avail", "-B1", parent]).stdout.split()[-1])
+    need = int(report.facts.get("ship_bytes", 0) * (1 + runtime.config.clone.free_space_margin))
+    report.facts["target_free_bytes"] = avail
+    if avail < need:
+        report.error("target.space", f"{parent} on {executor.name} has {avail} bytes free but "
+                     f"the copy needs {need} (data plus clone.free_space_margin)",
+                     hint="free space on the target, or keep the old datadir elsewhere")

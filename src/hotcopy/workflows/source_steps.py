@@ -1,0 +1,119 @@
+"""Steps 3-8 of the procedure: quiesce the source, snapshot it, give it back at once.
+
+The source is a production replica: everything here is ordered so that the SQL thread
+is stopped for as short a time as possible and writes are blocked for milliseconds.
+Expensive waits (flushing dirty pages) happen before replication is paused.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from hotcopy.mysql import locks, replication
+from hotcopy.mysql.flavor.base import get_global, set_global
+from hotcopy.snapshot.base import SnapshotPlan, backend_for
+from hotcopy.workflows.runner import StepContext
+
+log = logging.getLogger(__name__)
+
+QUIESCE_STEPS = {"preflush", "stop_sql_thread", "lock_source"}
+
+
+def preflush(ctx: StepContext) -> dict[str, Any]:
+    """Ask InnoDB to flush dirty pages first, so the target's crash recovery is short."""
+    config = ctx.runtime.config.clone
+    if not config.preflush_dirty_pages:
+        return {"_detail": "disabled"}
+    server = ctx.runtime.server(ctx.params["source"])
+    old = server.scalar(get_global("innodb_max_dirty_pages_pct"))
+    ctx.push("mysql.set_global", {"server": server.name, "variable": "innodb_max_dirty_pages_pct",
+                                  "value": float(old)})
+    before = int(server.status_variable("Innodb_buffer_pool_pages_dirty") or 0)
+    server.execute(set_global("innodb_max_dirty_pages_pct", 0))
+    deadline = time.monotonic() + config.preflush_timeout_s
+    dirty = before
+    while dirty > 64 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        dirty = int(server.status_variable("Innodb_buffer_pool_pages_dirty") or 0)
+    return {"dirty_pages_before": before, "dirty_pages_after": dirty,
+            "_detail": f"dirty pages {before} → {dirty}"}
+
+
+def stop_sql_thread(ctx: StepContext) -> dict[str, Any]:
+    server = ctx.runtime.server(ctx.params["source"])
+    ctx.push("mysql.start_sql_thread", {"server": server.name})
+    stopped_at = time.time()
+    server.execute(server.flavor.stop_sql_thread())
+    return {"sql_thread_stopped_at": stopped_at}
+
+
+def lock_source(ctx: StepContext) -> dict[str, Any]:
+    server = ctx.runtime.server(ctx.params["source"])
+    config = ctx.runtime.config.clone
+    session = server.new_session()
+    user = session.scalar("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
+    ctx.push("mysql.release_lock_session",
+             {"server": server.name, "thread_id": session.thread_id, "user": user})
+    try:
+        held = locks.acquire(
+            session, server.flavor, lock_wait_timeout_s=config.lock_wait_timeout_s,
+            attempts=config.lock_attempts, retry_delay_s=config.lock_retry_delay_s,
+            on_retry=lambda n, stage: ctx.reporter.warning(
+                f"`{stage}` timed out on {server.name} (attempt {n}); released and retrying"))
+    except BaseException:
+        session.close()
+        raise
+    ctx.live["lock"] = held
+    return {"lock_thread_id": session.thread_id, "lock_attempts": held.attempts}
+
+
+def record_position(ctx: StepContext) -> dict[str, Any]:
+    """Under the lock: make InnoDB commits durable, then read the position."""
+    held: locks.HeldLock = ctx.live["lock"]
+    sql, args = held.flavor.flush_engine_logs()
+    held.conn.execute(sql, args)
+    coords = replication.record_coordinates(held.conn, held.flavor)
+    detail = (f"{coords.gtid_variable}={coords.gtid}" if coords.gtid else
+              f"{coords.master_log_file}:{coords.master_log_pos}")
+    return {"coordinates": coords.as_dict(), "_detail": detail}
+
+
+def snapshot(ctx: StepContext) -> dict[str, Any]:
+    source = ctx.params["source"]
+    executor = ctx.runtime.executor(source)
+    plan = SnapshotPlan.from_dict(ctx.state["snapshot_plan"])
+    backend = backend_for(executor, ctx.runtime.config.server(source).datadir, plan.backend)
+    ctx.push(f"snapshot.{plan.backend}.destroy", plan.as_dict())
+    backend.create(executor, plan)
+    return {"snapshot": plan.as_dict(), "_detail": plan.snapshot}
+
+
+def release_source(ctx: StepContext) -> dict[str, Any]:
+    """Unlock, restart the SQL thread, restore the flush setting: in that order, at once."""
+    server = ctx.runtime.server(ctx.params["source"])
+    lock_ms: float | None = None
+    held: locks.HeldLock | None = ctx.live.pop("lock", None)
+    for entry in reversed(ctx.outstanding(steps=QUIESCE_STEPS)):
+        if entry.action == "mysql.release_lock_session" and held is not None:
+            lock_ms = held.release()
+            held.conn.close()
+            ctx.tx.remove(entry.seq)
+        else:
+            ctx.tx.exec_remove(entry.seq)
+        if entry.action == "mysql.start_sql_thread":
+            stopped_at = ctx.state.get("sql_thread_stopped_at")
+            if stopped_at is not None:
+                ctx.state["source_replication_paused_ms"] = (time.time() - stopped_at) * 1000
+    paused_ms = ctx.state.get("source_replication_paused_ms")
+    ctx.info(source_lock_ms=lock_ms, source_replication_paused_ms=paused_ms)
+    status = replication.single_channel(server)
+    if status is not None and status.sql_running != "Yes":
+        ctx.reporter.warning(f"{server.name}: SQL thread did not restart: {status.last_sql_error}")
+    return {"source_lock_ms": lock_ms, "source_replication_paused_ms": paused_ms,
+            "_detail": f"write lock {_ms(lock_ms)}, replication paused {_ms(paused_ms)}"}
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} ms"

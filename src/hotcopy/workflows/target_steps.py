@@ -1,0 +1,207 @@
+"""Steps 9-17: ship the snapshot to the target, install it, start it, re-point it.
+
+The target keeps serving (or stays down, if it was down) while the data travels into
+a staging directory beside its datadir; it is stopped only for the swap, and its old
+datadir stays next to the new one until the new one replicates.
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+from typing import Any
+
+from hotcopy.errors import HotcopyError
+from hotcopy.hosts import files
+from hotcopy.mysql import replication
+from hotcopy.mysql.flavor import Coordinates
+from hotcopy.mysql.server import Server
+from hotcopy.snapshot.base import SnapshotPlan
+from hotcopy.transfer.base import ServerHandle, TransferRequest, is_excluded, method_for
+from hotcopy.workflows.runner import StepContext
+
+log = logging.getLogger(__name__)
+
+
+def staging_path(ctx: StepContext) -> str:
+    return f"{ctx.runtime.config.server(ctx.params['target']).datadir}.hotcopy-new-{ctx.job_id}"
+
+
+def old_datadir_path(ctx: StepContext) -> str:
+    return f"{ctx.runtime.config.server(ctx.params['target']).datadir}.hotcopy-old-{ctx.job_id}"
+
+
+def prepare_target(ctx: StepContext) -> dict[str, Any]:
+    target = ctx.params["target"]
+    path = staging_path(ctx)
+    ctx.push("host.remove_tree", {"server": target, "path": path})
+    files.make_directory(ctx.runtime.executor(target), path)
+    return {"staging": path, "_detail": path}
+
+
+def _request(ctx: StepContext) -> TransferRequest:
+    config = ctx.runtime.config
+    plan = SnapshotPlan.from_dict(ctx.state["snapshot"])
+    return TransferRequest(
+        job_id=ctx.job_id, source=ctx.params["source"], target=ctx.params["target"],
+        source_address=config.server(ctx.params["source"]).host,
+        target_address=config.server(ctx.params["target"]).host,
+        source_path=plan.exposed_datadir, destination=ctx.state["staging"],
+        excludes=list(ctx.state["excludes"]), expected_bytes=ctx.state.get("ship_bytes"),
+        bwlimit_kbps=config.transfer.bwlimit_kbps, timeout_s=config.transfer.timeout_s,
+        retries=config.transfer.retries)
+
+
+def serve(ctx: StepContext) -> dict[str, Any]:
+    request = _request(ctx)
+    method = method_for(ctx.runtime.config.transfer.method)
+    handle = method.prepare(ctx.runtime, request)
+    ctx.push(f"transfer.{method.name}.stop", {"server": handle.server, **handle.params})
+    method.serve(ctx.runtime, request, handle)
+    ctx.live["transfer"] = (method, handle)
+    return {"transfer_method": method.name, "_detail": f"{method.name} on "
+            f"{request.source_address}:{handle.params.get('port')}"}
+
+
+def pull(ctx: StepContext) -> dict[str, Any]:
+    method, handle = ctx.live["transfer"]
+    assert isinstance(handle, ServerHandle)
+    request = _request(ctx)
+
+    def on_progress(done: int, total: int | None, rate: float | None) -> None:
+        ctx.reporter.progress(done, total, rate)
+        if total:
+            ctx.faults.progress("pull", done / total)
+
+    result = method.pull(ctx.runtime, request, handle, on_progress)
+    ctx.info(bytes_transferred=result.bytes_transferred, literal_bytes=result.literal_bytes)
+    rate = result.literal_bytes / result.seconds / 1e6 if result.seconds else 0
+    return {"bytes_transferred": result.bytes_transferred, "literal_bytes": result.literal_bytes,
+            "files_transferred": result.files_transferred, "transfer_s": result.seconds,
+            "transfer_attempts": result.attempts,
+            "_detail": f"{result.literal_bytes / 1e6:.1f} MB in {result.files_transferred} files, "
+                       f"{rate:.0f} MB/s"}
+
+
+def drop_snapshot(ctx: StepContext) -> dict[str, Any]:
+    """The source needs nothing more: stop serving and destroy the snapshot now."""
+    for entry in reversed(ctx.outstanding(steps={"serve", "snapshot"})):
+        ctx.tx.exec_remove(entry.seq)
+    ctx.live.pop("transfer", None)
+    return {}
+
+
+def stop_target(ctx: StepContext) -> dict[str, Any]:
+    target = ctx.params["target"]
+    control = ctx.runtime.mysqld(target)
+    if not control.is_running():
+        return {"target_was_running": False, "_detail": "was not running"}
+    ctx.push("mysqld.start", {"server": target})
+    ctx.runtime.server(target).close()
+    control.stop()
+    return {"target_was_running": True}
+
+
+def swap_datadir(ctx: StepContext) -> dict[str, Any]:
+    target = ctx.params["target"]
+    executor = ctx.runtime.executor(target)
+    datadir = ctx.runtime.config.server(target).datadir
+    staging = ctx.state["staging"]
+    if not executor.exists(staging):
+        if executor.exists(datadir) and not executor.exists(old_datadir_path(ctx)):
+            raise HotcopyError(f"staging directory {staging} vanished on {executor.name}")
+        return {"_detail": "already swapped"}
+    leftovers = executor.run(["find", staging, "-mindepth", "1", "-maxdepth", "1",
+                              "-printf", "%P\n"]).stdout.split("\n")
+    stray = [name for name in leftovers if name and is_excluded(name, ctx.state["excludes"])]
+    for name in stray:
+        executor.run(["rm", "-rf", "--", os.path.join(staging, name)])
+    executor.run(["chown", "-R", ctx.state["target_owner"], staging], timeout=3600)
+    executor.run(["chmod", ctx.state["target_mode"], staging])
+    if executor.exists(datadir):
+        moved_to = old_datadir_path(ctx)
+        ctx.push("host.restore_datadir", {"server": target, "datadir": datadir,
+                                          "moved_to": moved_to})
+        files.rename(executor, datadir, moved_to)
+    else:
+        ctx.push("host.remove_tree", {"server": target, "path": datadir})
+        moved_to = ""
+    files.rename(executor, staging, datadir)
+    return {"old_datadir": moved_to,
+            "_detail": f"old datadir kept at {moved_to}" if moved_to else ""}
+
+
+def start_target(ctx: StepContext) -> dict[str, Any]:
+    target = ctx.params["target"]
+    ctx.push("mysqld.stop", {"server": target})
+    control = ctx.runtime.mysqld(target)
+    if not control.is_running():
+        control.start(timeout=ctx.runtime.config.clone.start_timeout_s)
+    server = ctx.runtime.server(target)
+    server.close()
+    server.forget_flavor()
+    return {"_detail": server.version_string}
+
+
+def replication_account(ctx: StepContext, coords: Coordinates) -> tuple[str, str]:
+    """From [replication] option_file, else the source's own master.info (never logged)."""
+    option_file = ctx.runtime.config.replication.option_file
+    if option_file:
+        parser = configparser.ConfigParser(allow_no_value=True, interpolation=None)
+        parser.read(option_file)
+        if parser.has_section("client"):
+            user = (parser.get("client", "user", fallback="") or "").strip("'\"")
+            password = (parser.get("client", "password", fallback="") or "").strip("'\"")
+            if user:
+                return user, password
+        raise HotcopyError(f"replication.option_file {option_file} has no [client] user")
+    source = ctx.params["source"]
+    server = ctx.runtime.server(source)
+    datadir = ctx.runtime.config.server(source).datadir
+    name = str(server.variable("master_info_file") or "master.info")
+    path = name if name.startswith("/") else os.path.join(datadir, name)
+    account = replication.parse_master_info(
+        ctx.runtime.executor(source).read_file(path).decode(errors="replace"))
+    if account is None:
+        raise HotcopyError(f"cannot read the replication account from {path} on {source}",
+                           hint="name one in [replication] option_file")
+    if account[0] != coords.master_user:
+        log.warning("master.info user %s differs from Master_User %s", account[0],
+                    coords.master_user)
+    return account
+
+
+def change_master(ctx: StepContext) -> dict[str, Any]:
+    server = ctx.runtime.server(ctx.params["target"])
+    flavor = server.flavor
+    coords = Coordinates.from_dict(ctx.state["coordinates"])
+    user, password = replication_account(ctx, coords)
+    server.execute(flavor.stop_replica())
+    server.execute(flavor.reset_replica_all())
+    if coords.gtid:
+        for statement in flavor.prepare_gtid_position(coords.gtid):
+            server.execute(statement)
+    server.execute(flavor.change_master(coords, user, password))
+    server.execute(flavor.start_replica())
+    where = (f"GTID {coords.gtid}" if coords.gtid
+             else f"{coords.master_log_file}:{coords.master_log_pos}")
+    return {"_detail": f"replicating from {coords.master_host}:{coords.master_port} at {where}"}
+
+
+def catch_up(ctx: StepContext) -> dict[str, Any]:
+    target = ctx.runtime.server(ctx.params["target"])
+    master = master_server(ctx)
+    result = replication.wait_caught_up(
+        target, master, timeout_s=ctx.runtime.config.clone.catchup_timeout_s)
+    ctx.info(catchup_s=result.elapsed_s)
+    return {"catchup_s": result.elapsed_s, "caught_up_to": result.target_gtid,
+            "_detail": f"caught up to {result.target_gtid or 'lag 0'}"}
+
+
+def master_server(ctx: StepContext) -> Server:
+    master = ctx.state["master"]
+    if master.get("name"):
+        return ctx.runtime.server(master["name"])
+    return ctx.runtime.server_at("master", master["host"], int(master["port"]))
+

@@ -1,0 +1,121 @@
+"""Shared helpers of the integration tests: run the real CLI, inspect the real shard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hotcopy import config as config_module
+from hotcopy.mysql import replication
+from hotcopy.mysql.server import Server
+from hotcopy.runtime import Runtime
+from hotcopy.sandbox import SandboxInfo
+
+
+def hotcopy(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the installed CLI in a fresh process, as an operator would."""
+    full_env = {k: v for k, v in os.environ.items() if k != "HOTCOPY_FAULT"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "hotcopy", *args], capture_output=True,
+                          text=True, timeout=timeout, env=full_env, check=False)
+
+
+def clone_json(info: SandboxInfo, source: str, target: str, *extra: str,
+               env: dict[str, str] | None = None,
+               config: Path | None = None) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    proc = hotcopy("clone", "--config", str(config or info.config_path), "--source", source,
+                   "--target", target, "--yes", "--json", *extra, env=env)
+    try:
+        document = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    except json.JSONDecodeError:
+        document = {}
+    return proc, document
+
+
+def runtime(info: SandboxInfo) -> Runtime:
+    return Runtime(config_module.load(info.config_path))
+
+
+def wait_replicating(server: Server, master: Server, timeout: float = 120) -> None:
+    replication.wait_caught_up(server, master, timeout_s=timeout)
+    status = replication.single_channel(server)
+    assert status is not None and status.running, status
+
+
+def job_id_from(proc: subprocess.CompletedProcess[str], info: SandboxInfo) -> str:
+    jobs = json.loads(hotcopy("jobs", "--config", str(info.config_path), "--json").stdout)
+    return str(jobs[0]["job"])
+
+
+def leftovers(info: SandboxInfo) -> list[str]:
+    """Everything a finished or rolled-back job must not leave behind."""
+    found: list[str] = []
+    for name in info.replicas:
+        mount = info.datadir(name).parent
+        for entry in mount.iterdir():
+            if entry.name.startswith(".hotcopy") or ".hotcopy-" in entry.name:
+                found.append(str(entry))
+        for entry in mount.parent.iterdir():
+            if ".hotcopy-" in entry.name:
+                found.append(str(entry))
+        subvolumes = subprocess.run(["btrfs", "subvolume", "list", "-o", str(mount)],
+                                    capture_output=True, text=True, check=False).stdout
+        for line in subvolumes.splitlines():
+            if "hotcopy" in line:
+                found.append(f"subvolume {line}")
+    state_dir = Path("/run/hotcopy")
+    if state_dir.exists():
+        found += [str(entry) for entry in state_dir.iterdir()]
+    daemons = subprocess.run(["pgrep", "-af", "rsync --daemon"], capture_output=True,
+                             text=True, check=False).stdout
+    found += [f"process {line}" for line in daemons.splitlines() if ".hotcopy-" in line]
+    return found
+
+
+def sql_thread_running(server: Server) -> bool:
+    status = replication.single_channel(server)
+    return status is not None and status.sql_running == "Yes"
+
+
+def no_backup_lock(server: Server) -> bool:
+    """A write that needs the commit lock goes through quickly: nobody holds BLOCK_COMMIT."""
+    session = server.new_session()
+    try:
+        session.execute("SET SESSION lock_wait_timeout = 5, sql_log_bin = 0")
+        session.execute("CREATE DATABASE IF NOT EXISTS hotcopy_probe")
+        session.execute("CREATE TABLE IF NOT EXISTS hotcopy_probe.t (id INT PRIMARY KEY)")
+        session.execute("REPLACE INTO hotcopy_probe.t VALUES (1)")
+        session.execute("DROP DATABASE hotcopy_probe")
+        return True
+    finally:
+        session.close()
+
+
+def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def mark_local(server: Server, marker: str) -> None:
+    """A table that exists only on this server's current datadir (not replicated)."""
+    session = server.new_session()
+    try:
+        session.execute("SET SESSION sql_log_bin = 0")
+        session.execute(f"CREATE DATABASE IF NOT EXISTS {marker}")
+    finally:
+        session.close()
+
+
+def has_schema(server: Server, name: str) -> bool:
+    return bool(server.scalar(("SELECT COUNT(*) FROM information_schema.SCHEMATA "
+                               "WHERE SCHEMA_NAME = %s", (name,))))
