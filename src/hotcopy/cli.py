@@ -214,7 +214,9 @@ def sandbox_up(directory: str) -> None:
 
     def run() -> None:
         info = sb.up(Path(directory))
-        err_console.print(f"sandbox up; config: {info.config_path}")
+        state = "was already up" if info.already_up else "is up"
+        err_console.print(f"sandbox {state}: {', '.join(info.servers)}; "
+                          f"config: {info.config_path}")
 
     _guard(run)
 
@@ -326,6 +328,8 @@ def _finish(report: dict[str, Any], code: ExitCode, error: HotcopyError | None,
         click.echo(json.dumps({**report, "exit_code": int(code)}, indent=2, default=str))
         if error is not None:
             err_console.print(f"[bold red]{report['job']}: {error}[/]")
+    elif code == ExitCode.REFUSED and error is not None:
+        _fail(error)
     else:
         _render_report(report)
         if error is not None:

@@ -39,7 +39,7 @@ def run(directory: Path, *, keep: bool, console: Console) -> int:
     config = config_module.load(info.config_path)
     option_file = config.mysql.option_file
     master = info.address(info.master)
-    console.print(f"seeding app.orders on the master with {SEED_ROWS:,} rows ...")
+    console.print(f"seeding app.load_orders on the master with {SEED_ROWS:,} rows ...")
     seed(master, option_file, SEED_ROWS)
     runtime = Runtime(config)
     replication.wait_caught_up(runtime.server("replica2"), runtime.server(info.master),

@@ -18,7 +18,7 @@ from hotcopy.mysql.connection import ServerAddress, connect
 log = logging.getLogger(__name__)
 
 SCHEMA = "app"
-TABLE = "orders"
+TABLE = "load_orders"
 
 
 def create_schema(address: ServerAddress, option_file: str) -> None:

@@ -26,9 +26,12 @@ def hotcopy(*args: str, env: dict[str, str] | None = None,
                           text=True, timeout=timeout, env=full_env, check=False)
 
 
+Completed = subprocess.CompletedProcess[str]
+
+
 def clone_json(info: SandboxInfo, source: str, target: str, *extra: str,
                env: dict[str, str] | None = None,
-               config: Path | None = None) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+               config: Path | None = None) -> tuple[Completed, dict[str, Any]]:
     proc = hotcopy("clone", "--config", str(config or info.config_path), "--source", source,
                    "--target", target, "--yes", "--json", *extra, env=env)
     try:

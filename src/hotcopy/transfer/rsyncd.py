@@ -19,6 +19,7 @@ from typing import Any
 
 from hotcopy.errors import CommandError, HotcopyError
 from hotcopy.hosts import Executor
+from hotcopy.hosts.processes import process_alive, terminate_process
 from hotcopy.runtime import Runtime
 from hotcopy.saga import undo_action
 from hotcopy.transfer.base import (
@@ -160,7 +161,7 @@ class RsyncDaemon:
             if "bind() failed" in log_text or "error" in log_text.lower():
                 return False
             pid = executor.run(["cat", f"{workdir}/rsyncd.pid"], check=False).stdout.strip()
-            if pid.isdigit() and executor.run(["kill", "-0", pid], check=False).ok:
+            if pid.isdigit() and process_alive(executor, int(pid)):
                 return True
             time.sleep(0.05)
         return False
@@ -220,15 +221,8 @@ class RsyncDaemon:
 def stop_daemon(runtime: Runtime, server: str, params: Mapping[str, Any]) -> None:
     executor = runtime.executor(server)
     pid = executor.run(["cat", params["pid_file"]], check=False).stdout.strip()
-    if pid.isdigit() and executor.run(["kill", "-0", pid], check=False).ok:
-        executor.run(["pkill", "-TERM", "-P", pid], check=False)  # transfers in flight
-        executor.run(["kill", pid], check=False)
-        for _ in range(100):
-            if not executor.run(["kill", "-0", pid], check=False).ok:
-                break
-            time.sleep(0.05)
-        else:
-            executor.run(["kill", "-9", pid], check=False)
+    if pid.isdigit():
+        terminate_process(executor, int(pid))  # and the transfers it forked
     executor.run(["rm", "-rf", "--", params["workdir"]])
     target = params.get("target")
     if target:

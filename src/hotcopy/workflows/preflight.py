@@ -72,7 +72,7 @@ def run(runtime: Runtime, journal: Journal, source: str, target: str,
     source_conf, target_conf = config.server(source), config.server(target)
     report.facts.update(source=source, target=target, source_address=source_conf.host,
                         target_address=target_conf.host)
-    _check_locks(report, journal, source, target)
+    _check_locks(report, journal, source, target, job_id)
     src = runtime.server(source)
     if not _reachable(report, src, "source"):
         return report
@@ -103,9 +103,10 @@ def _reachable(report: Preflight, server: Server, role: str) -> bool:
     return True
 
 
-def _check_locks(report: Preflight, journal: Journal, source: str, target: str) -> None:
+def _check_locks(report: Preflight, journal: Journal, source: str, target: str,
+                 own_job: str) -> None:
     for job in journal.list_jobs(limit=200):
-        if job.terminal or job.kind != "clone":
+        if job.terminal or job.kind != "clone" or job.id == own_job:
             continue
         busy = {job.params.get("source"), job.params.get("target")} & {source, target}
         if busy:

@@ -129,7 +129,7 @@ def swap_datadir(ctx: StepContext) -> dict[str, Any]:
         moved_to = ""
     files.rename(executor, staging, datadir)
     return {"old_datadir": moved_to,
-            "_detail": f"old datadir kept at {moved_to}" if moved_to else ""}
+            "_detail": f"old datadir moved to {moved_to}" if moved_to else ""}
 
 
 def start_target(ctx: StepContext) -> dict[str, Any]:

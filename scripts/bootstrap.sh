@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Make a Debian 12 machine ready to develop and test hotcopy: system packages, a
+# stopped Debian mariadb service (we start our own servers), and .venv with the
+# package installed editable. Idempotent and silent when there is nothing to do, so it
+# can run before every test session.
+set -euo pipefail
+
+die() { echo "bootstrap: $*" >&2; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "run as root (it installs packages); e.g. sudo $0"
+[[ -r /etc/os-release ]] || die "cannot read /etc/os-release; this needs Debian 12 or a derivative"
+# shellcheck source=/dev/null
+. /etc/os-release
+[[ "${ID:-}" == debian || " ${ID_LIKE:-} " == *" debian "* ]] \
+    || die "this needs Debian 12 or a derivative (found ${PRETTY_NAME:-unknown})"
+command -v dpkg-query >/dev/null && command -v apt-get >/dev/null \
+    || die "dpkg-query/apt-get not found: not a Debian-like system"
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+packages=(mariadb-server mariadb-client mariadb-backup btrfs-progs rsync socat
+          openssh-server openssh-client sysbench iproute2 zstd util-linux procps psmisc)
+
+missing=()
+for pkg in "${packages[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == installed ]] || missing+=("$pkg")
+done
+
+if ((${#missing[@]})); then
+    echo "bootstrap: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian starts its own mariadb on install; it would hold port 3306 and confuse tests.
+if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+    if systemctl is-enabled --quiet mariadb 2>/dev/null || systemctl is-active --quiet mariadb 2>/dev/null; then
+        systemctl disable --now mariadb >/dev/null 2>&1 || true
+    fi
+elif [[ -s /run/mysqld/mysqld.pid ]] && kill -0 "$(cat /run/mysqld/mysqld.pid)" 2>/dev/null; then
+    # No systemd (containers): the package's init script may still have started it.
+    if command -v service >/dev/null; then
+        service mariadb stop >/dev/null 2>&1 || kill "$(cat /run/mysqld/mysqld.pid)" 2>/dev/null || true
+    else
+        kill "$(cat /run/mysqld/mysqld.pid)" 2>/dev/null || true
+    fi
+fi
+
+python=${PYTHON:-python3}
+command -v "$python" >/dev/null || die "$python not found; install python3 (>= 3.11)"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "$python is $("$python" -V 2>&1); hotcopy needs Python >= 3.11"
+
+venv="$repo/.venv"
+if [[ ! -x $venv/bin/python ]]; then
+    "$python" -m venv "$venv" || die "python3 -m venv failed (apt-get install python3-venv?)"
+fi
+
+stamp="$venv/.bootstrap-stamp"
+want=$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1)
+have=$(cat "$stamp" 2>/dev/null || true)
+if [[ $want != "$have" ]]; then
+    echo "bootstrap: installing hotcopy into $venv"
+    "$venv/bin/python" -m pip install -q -e "$repo[dev]"
+    echo "$want" >"$stamp"
+fi
