@@ -84,9 +84,13 @@ def cli(verbose: int) -> None:
 @click.option("--dry-run", is_flag=True,
               help="Print the plan and the preflight findings; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--transfer", type=click.Choice(["auto", "rsyncd", "rsync_ssh", "stream",
+                                               "zfs_send"]),
+              help="How the snapshot travels (default: [transfer] method, else the first "
+                   "that both hosts support).")
 @JSON_OPTION
 def clone(config_path: str, source: str, target: str, dry_run: bool, yes: bool,
-          as_json: bool) -> None:
+          transfer: str | None, as_json: bool) -> None:
     """Re-seed TARGET with a snapshot of SOURCE, transactionally.
 
     \b
@@ -113,7 +117,8 @@ def clone(config_path: str, source: str, target: str, dry_run: bool, yes: bool,
             if not click.confirm(f"Re-seed {target} from {source}?", err=True):
                 sys.exit(int(ExitCode.REFUSED))
         reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
-        outcome = workflow.start(Runtime(config), journal, source, target, reporter)
+        outcome = workflow.start(Runtime(config), journal, source, target, reporter,
+                                 transfer=transfer)
         _finish(job_report(journal, outcome.job.id), outcome.exit_code, outcome.error, as_json)
 
     _guard(run)

@@ -61,7 +61,7 @@ class CloneConfig(_Strict):
 
 
 class TransferConfig(_Strict):
-    method: Literal["auto", "rsyncd"] = "auto"
+    method: Literal["auto", "rsyncd", "rsync_ssh", "stream", "zfs_send"] = "auto"
     port_range: tuple[int, int] = (28700, 28799)
     state_dir: str = Field(default="/run/hotcopy", pattern=r"^/[A-Za-z0-9_./-]+$",
                            description="root-only directory on each host for per-job secrets")
@@ -92,7 +92,7 @@ class ServerConfig(_Strict):
     defaults_file: str
     service: str | None = None
     mysqld: str = "mariadbd"
-    snapshot: Literal["auto", "btrfs"] = "auto"
+    snapshot: Literal["auto", "btrfs", "zfs", "lvm"] = "auto"
 
     @field_validator("datadir", "defaults_file")
     @classmethod

@@ -6,6 +6,7 @@ can be replayed by any process, and ``resume`` can find the snapshot again.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -36,6 +37,10 @@ class SnapshotPlan:
 class SnapshotBackend(Protocol):
     name: str
 
+    def unsupported_reason(self, executor: Executor, datadir: str) -> str | None:
+        """None when this backend can snapshot the datadir; else why not (read-only)."""
+        ...
+
     def plan(self, executor: Executor, server: str, datadir: str, job_id: str) -> SnapshotPlan:
         """Decide what to snapshot and where, read-only; RefusedError if it cannot work."""
         ...
@@ -55,20 +60,49 @@ def mount_point(executor: Executor, path: str) -> str:
     return executor.run(["findmnt", "-n", "-o", "TARGET", "-T", path]).stdout.strip()
 
 
-def backend_for(executor: Executor, datadir: str, choice: str) -> SnapshotBackend:
-    """``auto`` picks the backend from the filesystem under the datadir."""
-    from hotcopy.snapshot.btrfs import BtrfsBackend
+# One module per backend, imported on demand; importing one registers its undo actions.
+BACKEND_MODULES: dict[str, str] = {
+    "btrfs": "hotcopy.snapshot.btrfs",
+    "zfs": "hotcopy.snapshot.zfs",
+    "lvm": "hotcopy.snapshot.lvm",
+}
 
-    backends: dict[str, SnapshotBackend] = {"btrfs": BtrfsBackend()}
+
+def load_backend(name: str) -> SnapshotBackend:
+    module = importlib.import_module(BACKEND_MODULES[name])
+    backend: SnapshotBackend = module.BACKEND
+    return backend
+
+
+def load_all() -> list[str]:
+    """Import every backend that exists, so a rollback can find every undo action."""
+    loaded = []
+    for name, module in BACKEND_MODULES.items():
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        loaded.append(name)
+    return loaded
+
+
+def backend_for(executor: Executor, datadir: str, choice: str) -> SnapshotBackend:
+    """``auto`` asks each backend whether it can snapshot the datadir, in order."""
     if choice != "auto":
-        return backends[choice]
-    fstype = filesystem_type(executor, datadir)
-    if fstype in backends:
-        return backends[fstype]
+        return load_backend(choice)
+    reasons = []
+    for name in load_all():
+        backend = load_backend(name)
+        reason = backend.unsupported_reason(executor, datadir)
+        if reason is None:
+            return backend
+        reasons.append(f"{name}: {reason}")
     raise RefusedError(
-        f"the datadir {datadir} on {executor.name} is on {fstype}, which cannot be "
-        "snapshotted by hotcopy",
-        hint="put the datadir on a btrfs subvolume (ZFS and LVM backends are planned)")
+        f"the datadir {datadir} on {executor.name} cannot be snapshotted ("
+        + "; ".join(reasons) + ")",
+        hint="put the datadir on a btrfs subvolume, a ZFS dataset or an LVM logical volume")
 
 
 def inside(path: str, directory: str) -> bool:

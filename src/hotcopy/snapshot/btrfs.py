@@ -16,7 +16,7 @@ from hotcopy.errors import RefusedError
 from hotcopy.hosts import Executor
 from hotcopy.runtime import Runtime
 from hotcopy.saga import undo_action
-from hotcopy.snapshot.base import SnapshotPlan, inside, mount_point
+from hotcopy.snapshot.base import SnapshotPlan, filesystem_type, inside, mount_point
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,14 @@ def subvolume_root(executor: Executor, path: str) -> str:
 class BtrfsBackend:
     name = "btrfs"
 
+    def unsupported_reason(self, executor: Executor, datadir: str) -> str | None:
+        fstype = filesystem_type(executor, datadir)
+        if fstype != "btrfs":
+            return f"the filesystem is {fstype}"
+        if not executor.run(["sh", "-c", "command -v btrfs"], check=False).ok:
+            return "btrfs-progs (the btrfs command) is not installed"
+        return None
+
     def plan(self, executor: Executor, server: str, datadir: str, job_id: str) -> SnapshotPlan:
         root = subvolume_root(executor, datadir)
         mount = mount_point(executor, datadir)
@@ -73,7 +81,10 @@ class BtrfsBackend:
             executor.run(["btrfs", "subvolume", "delete", plan.snapshot])
 
 
+BACKEND = BtrfsBackend()
+
+
 @undo_action("snapshot.btrfs.destroy", describe="destroy btrfs snapshot {snapshot} on {server}")
 def _destroy(runtime: Runtime, params: Mapping[str, Any]) -> None:
     plan = SnapshotPlan.from_dict(dict(params))
-    BtrfsBackend().destroy(runtime.executor(plan.server), plan)
+    BACKEND.destroy(runtime.executor(plan.server), plan)

@@ -7,6 +7,7 @@ running hotcopy only starts the two ends and reads progress.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from hotcopy.errors import RefusedError
 from hotcopy.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,19 @@ class ServerHandle:
 
 
 class TransferMethod(Protocol):
+    """``serve`` starts the passive end, ``pull`` runs the active end until done.
+
+    For rsyncd the source serves and the target pulls; for a push stream the target
+    listens (serve) and the source sends (pull). Either way the data goes directly from
+    source to target.
+    """
+
     name: str
+
+    def unsupported_reason(self, runtime: Runtime, request: TransferRequest,
+                           snapshot_backend: str) -> str | None:
+        """None when this method can move this snapshot between these hosts."""
+        ...
 
     def prepare(self, runtime: Runtime, request: TransferRequest) -> ServerHandle:
         """Pick ports and paths, read-only; the caller journals the stop undo next."""
@@ -120,8 +134,48 @@ def parse_int(text: str) -> int:
     return int(match.group(1).replace(",", "")) if match else 0
 
 
-def method_for(name: str) -> TransferMethod:
-    from hotcopy.transfer.rsyncd import RsyncDaemon
+# One module per method, in the order ``auto`` prefers them; each module defines METHOD.
+METHOD_MODULES: dict[str, str] = {
+    "zfs_send": "hotcopy.transfer.zfs_send",
+    "rsyncd": "hotcopy.transfer.rsyncd",
+    "rsync_ssh": "hotcopy.transfer.rsync_ssh",
+    "stream": "hotcopy.transfer.stream",
+}
 
-    methods: dict[str, TransferMethod] = {"rsyncd": RsyncDaemon()}
-    return methods["rsyncd" if name == "auto" else name]
+
+def load_method(name: str) -> TransferMethod:
+    method: TransferMethod = importlib.import_module(METHOD_MODULES[name]).METHOD
+    return method
+
+
+def load_all() -> list[str]:
+    """Import every method that exists, so a rollback can find every undo action."""
+    loaded = []
+    for name, module in METHOD_MODULES.items():
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        loaded.append(name)
+    return loaded
+
+
+def method_for(runtime: Runtime, request: TransferRequest, choice: str,
+               snapshot_backend: str) -> TransferMethod:
+    """``auto``: the first method, in preference order, that both hosts can use."""
+    if choice != "auto":
+        method = load_method(choice)
+        reason = method.unsupported_reason(runtime, request, snapshot_backend)
+        if reason is not None:
+            raise RefusedError(f"transfer method {choice} cannot be used: {reason}")
+        return method
+    reasons = []
+    for name in load_all():
+        method = load_method(name)
+        reason = method.unsupported_reason(runtime, request, snapshot_backend)
+        if reason is None:
+            return method
+        reasons.append(f"{name}: {reason}")
+    raise RefusedError("no transfer method fits these hosts (" + "; ".join(reasons) + ")")

@@ -89,6 +89,14 @@ class RsyncDaemon:
     def __init__(self) -> None:
         self._secrets: dict[str, str] = {}
 
+    def unsupported_reason(self, runtime: Runtime, request: TransferRequest,
+                           snapshot_backend: str) -> str | None:
+        for server in (request.source, request.target):
+            if not runtime.executor(server).run(["sh", "-c", "command -v rsync"],
+                                                check=False).ok:
+                return f"rsync is not installed on {server}"
+        return None
+
     def prepare(self, runtime: Runtime, request: TransferRequest) -> ServerHandle:
         state_dir = runtime.config.transfer.state_dir
         workdir = f"{state_dir}/{request.job_id}-rsyncd"
@@ -216,6 +224,9 @@ class RsyncDaemon:
 
     def stop(self, runtime: Runtime, handle: ServerHandle) -> None:
         stop_daemon(runtime, handle.server, handle.params)
+
+
+METHOD = RsyncDaemon()
 
 
 def stop_daemon(runtime: Runtime, server: str, params: Mapping[str, Any]) -> None:

@@ -15,19 +15,22 @@ from typing import Any
 
 # Importing these registers the undo actions a rollback in a fresh process may need.
 import hotcopy.hosts.files
-import hotcopy.mysql.undo
-import hotcopy.snapshot.btrfs
-import hotcopy.transfer.rsyncd  # noqa: F401
+import hotcopy.mysql.undo  # noqa: F401
 from hotcopy.errors import ExitCode, HotcopyError, RefusedError
 from hotcopy.hosts import files
 from hotcopy.progress import Reporter
 from hotcopy.runtime import Runtime
 from hotcopy.saga import Job, JobState, Journal, RollbackReport, Transaction, signals_as_exceptions
+from hotcopy.snapshot import base as snapshot_base
+from hotcopy.transfer import base as transfer_base
 from hotcopy.workflows import preflight, source_steps, target_steps, verify
 from hotcopy.workflows.faults import Faults
 from hotcopy.workflows.runner import Step, StepContext, run_steps
 
 log = logging.getLogger(__name__)
+
+snapshot_base.load_all()
+transfer_base.load_all()
 
 
 def _preflight(ctx: StepContext) -> dict[str, Any]:
@@ -109,11 +112,12 @@ def _context(runtime: Runtime, journal: Journal, job: Job, reporter: Reporter) -
 
 
 def start(runtime: Runtime, journal: Journal, source: str, target: str,
-          reporter: Reporter) -> Outcome:
+          reporter: Reporter, *, transfer: str | None = None) -> Outcome:
     runtime.config.server(source)
     runtime.config.server(target)
     faults = Faults.from_environment()  # a bad HOTCOPY_FAULT is refused before any job exists
     job = journal.create_job("clone", {"source": source, "target": target,
+                                       "transfer": transfer,
                                        "config": runtime.config.source_path})
     ctx = _context(runtime, journal, job, reporter)
     ctx.faults = faults

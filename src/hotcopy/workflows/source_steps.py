@@ -13,7 +13,7 @@ from typing import Any
 
 from hotcopy.mysql import locks, replication
 from hotcopy.mysql.flavor.base import get_global, set_global
-from hotcopy.snapshot.base import SnapshotPlan, backend_for
+from hotcopy.snapshot.base import SnapshotPlan, load_backend
 from hotcopy.workflows.runner import StepContext
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def snapshot(ctx: StepContext) -> dict[str, Any]:
     source = ctx.params["source"]
     executor = ctx.runtime.executor(source)
     plan = SnapshotPlan.from_dict(ctx.state["snapshot_plan"])
-    backend = backend_for(executor, ctx.runtime.config.server(source).datadir, plan.backend)
+    backend = load_backend(plan.backend)
     ctx.push(f"snapshot.{plan.backend}.destroy", plan.as_dict())
     backend.create(executor, plan)
     return {"snapshot": plan.as_dict(), "_detail": plan.snapshot}

@@ -55,7 +55,8 @@ def _request(ctx: StepContext) -> TransferRequest:
 
 def serve(ctx: StepContext) -> dict[str, Any]:
     request = _request(ctx)
-    method = method_for(ctx.runtime.config.transfer.method)
+    method = method_for(ctx.runtime, request, ctx.params.get("transfer") or
+                        ctx.runtime.config.transfer.method, ctx.state["snapshot"]["backend"])
     handle = method.prepare(ctx.runtime, request)
     ctx.push(f"transfer.{method.name}.stop", {"server": handle.server, **handle.params})
     method.serve(ctx.runtime, request, handle)
