@@ -213,12 +213,17 @@ def sandbox() -> None:
 
 @sandbox.command("up")
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
-def sandbox_up(directory: str) -> None:
+@click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 8))
+@click.option("--fs", "filesystem", default="btrfs", show_default=True,
+              type=click.Choice(["btrfs", "plain"]),
+              help="What the datadirs live on; 'plain' cannot be snapshotted (to see the "
+                   "refusal).")
+def sandbox_up(directory: str, replicas: int, filesystem: str) -> None:
     """Create and start the shard in DIR; writes DIR/hotcopy.toml."""
     from hotcopy import sandbox as sb
 
     def run() -> None:
-        info = sb.up(Path(directory))
+        info = sb.up(Path(directory), replicas=replicas, filesystem=filesystem)
         state = "was already up" if info.already_up else "is up"
         err_console.print(f"sandbox {state}: {', '.join(info.servers)}; "
                           f"config: {info.config_path}")

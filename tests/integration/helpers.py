@@ -14,6 +14,7 @@ from hotcopy import config as config_module
 from hotcopy.mysql import replication
 from hotcopy.mysql.server import Server
 from hotcopy.runtime import Runtime
+from hotcopy.saga import SqliteJournal
 from hotcopy.sandbox import SandboxInfo
 
 
@@ -72,12 +73,14 @@ def leftovers(info: SandboxInfo) -> list[str]:
         for line in subvolumes.splitlines():
             if "hotcopy" in line:
                 found.append(f"subvolume {line}")
+    job_ids = [job.id for job in SqliteJournal(runtime(info).config.journal_path()).list_jobs()]
     state_dir = Path("/run/hotcopy")
     if state_dir.exists():
-        found += [str(entry) for entry in state_dir.iterdir()]
-    daemons = subprocess.run(["pgrep", "-af", "rsync --daemon"], capture_output=True,
-                             text=True, check=False).stdout
-    found += [f"process {line}" for line in daemons.splitlines() if ".hotcopy-" in line]
+        found += [str(e) for e in state_dir.iterdir() if any(j in e.name for j in job_ids)]
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True,
+                               check=False).stdout
+    found += [f"process {line}" for line in processes.splitlines()
+              if any(j in line for j in job_ids)]
     return found
 
 

@@ -56,17 +56,32 @@ def control(paths: ServerPaths, spec: ServerSpec, option_file: Path | None = Non
                          str(option_file or paths.cnf))
 
 
-def prepare_filesystem(paths: ServerPaths, spec: ServerSpec, image_size: int) -> None:
-    """Sparse image, btrfs, loop mount, datadir subvolume, run dir and my.cnf."""
+FILESYSTEMS = ("btrfs", "plain")
+
+
+def _btrfs_datadir(paths: ServerPaths, spec: ServerSpec, image_size: int) -> None:
+    """Sparse image, btrfs, loop mount, datadir subvolume."""
     run = LocalExecutor().run
-    uid, gid = mysql_ids()
-    paths.root.mkdir(mode=0o755)
     with open(paths.image, "wb") as image:
         image.truncate(image_size)
     run(["mkfs.btrfs", "-q", "-L", f"hotcopy-{spec.name}", str(paths.image)], timeout=60)
     paths.mnt.mkdir(mode=0o755)
     run(["mount", "-o", "loop", str(paths.image), str(paths.mnt)], timeout=60)
     run(["btrfs", "subvolume", "create", str(paths.datadir)], timeout=60)
+
+
+def _plain_datadir(paths: ServerPaths, spec: ServerSpec, image_size: int) -> None:
+    """A plain directory on whatever holds DIR: no snapshot is possible there."""
+    paths.mnt.mkdir(mode=0o755)
+    paths.datadir.mkdir(mode=0o750)
+
+
+def prepare_filesystem(paths: ServerPaths, spec: ServerSpec, image_size: int) -> None:
+    """The datadir on the server's filesystem, its run dir and my.cnf."""
+    uid, gid = mysql_ids()
+    paths.root.mkdir(mode=0o755)
+    makers = {"btrfs": _btrfs_datadir, "plain": _plain_datadir}
+    makers[spec.filesystem](paths, spec, image_size)
     os.chown(paths.datadir, uid, gid)
     paths.run.mkdir(mode=0o750)
     os.chown(paths.run, uid, gid)

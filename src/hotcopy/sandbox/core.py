@@ -143,8 +143,16 @@ def _preflight(directory: Path, replicas: int) -> None:
                            hint="choose an empty directory")
 
 
-def up(directory: Path, *, replicas: int = 2, image_size: int = DEFAULT_IMAGE_SIZE) -> SandboxInfo:
-    """Create and start a master and `replicas` replicas; return how to reach them."""
+def up(directory: Path, *, replicas: int = 2, image_size: int = DEFAULT_IMAGE_SIZE,
+       filesystem: str = "btrfs") -> SandboxInfo:
+    """Create and start a master and `replicas` replicas; return how to reach them.
+
+    ``filesystem`` is what every datadir lives on: "btrfs" (a subvolume on a loop-mounted
+    image, the default) or "plain" (a directory, for showing what hotcopy refuses).
+    """
+    if filesystem not in build.FILESYSTEMS:
+        raise RefusedError(f"unknown sandbox filesystem {filesystem!r}",
+                           hint="choose one of " + ", ".join(build.FILESYSTEMS))
     directory = directory.resolve()
     existing = load_state(directory)
     if existing is not None:
@@ -163,8 +171,9 @@ def up(directory: Path, *, replicas: int = 2, image_size: int = DEFAULT_IMAGE_SI
     if dir_created:
         directory.chmod(0o755)
     ports = _free_ports(replicas + 1)
-    specs = [ServerSpec(MASTER, "master", 1, ports[0])]
-    specs += [ServerSpec(f"replica{i}", "replica", i + 1, ports[i]) for i in range(1, replicas + 1)]
+    specs = [ServerSpec(MASTER, "master", 1, ports[0], filesystem)]
+    specs += [ServerSpec(f"replica{i}", "replica", i + 1, ports[i], filesystem)
+              for i in range(1, replicas + 1)]
     state = SandboxState(directory=str(directory), dir_created=dir_created,
                          image_size=image_size, servers=specs, created_at=time.time())
     save_state(state)

@@ -36,6 +36,7 @@ class ServerSpec:
     role: str  # "master" | "replica"
     server_id: int
     port: int
+    filesystem: str = "btrfs"  # btrfs | plain (| zfs): what the datadir lives on
 
 
 @dataclass
