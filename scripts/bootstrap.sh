@@ -18,8 +18,9 @@ command -v dpkg-query >/dev/null && command -v apt-get >/dev/null \
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-packages=(mariadb-server mariadb-client mariadb-backup btrfs-progs rsync socat
-          openssh-server openssh-client sysbench iproute2 zstd util-linux procps psmisc)
+packages=(mariadb-server mariadb-client mariadb-backup btrfs-progs zfs-fuse rsync socat pv
+          openssh-server openssh-client sysbench iproute2 zstd util-linux procps psmisc
+          python3 python3-venv)
 
 missing=()
 for pkg in "${packages[@]}"; do
