@@ -12,6 +12,7 @@ import time
 from typing import Protocol
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -61,12 +62,12 @@ class ConsoleReporter:
 
     def step_started(self, name: str, title: str) -> None:
         self._end_progress()
-        self.console.print(f"[bold cyan]→[/] {title} [dim]({name})[/]")
+        self.console.print(f"[bold cyan]→[/] {escape(title)} [dim]({name})[/]")
 
     def step_finished(self, name: str, outcome: str, seconds: float, detail: str = "") -> None:
         self._end_progress()
         mark = {"done": "[green]✓[/]", "skipped": "[dim]-[/]"}.get(outcome, "[red]✗[/]")
-        extra = f" — {detail}" if detail else ""
+        extra = f" — {escape(detail)}" if detail else ""
         self.console.print(f"  {mark} {name} {outcome} in {_duration(seconds)}{extra}")
 
     def progress(self, done: int, total: int | None, rate: float | None) -> None:
@@ -92,11 +93,11 @@ class ConsoleReporter:
 
     def note(self, text: str) -> None:
         self._end_progress()
-        self.console.print(f"  {text}")
+        self.console.print(f"  {escape(text)}")
 
     def warning(self, text: str) -> None:
         self._end_progress()
-        self.console.print(f"  [yellow]warning:[/] {text}")
+        self.console.print(f"  [yellow]warning:[/] {escape(text)}")
 
 
 def _duration(seconds: float) -> str:

@@ -99,7 +99,7 @@ def connect(
             charset="utf8mb4",
         )
     except pymysql.err.MySQLError as exc:
-        raise translate(address, exc, None) from exc
+        raise translate(address, exc, None, option_file=option_file) from exc
     return Connection(address, raw)
 
 
@@ -120,19 +120,35 @@ def error_code(exc: BaseException) -> int | None:
     return None
 
 
-def translate(address: ServerAddress, exc: pymysql.err.MySQLError, sql: str | None) -> MySQLError:
+def translate(address: ServerAddress, exc: pymysql.err.MySQLError, sql: str | None, *,
+              option_file: str | None = None) -> MySQLError:
+    """A driver error as a message naming the server; never echoes the password."""
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
     text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
     if code == ER_ACCESS_DENIED:
+        where = f"the option file {option_file}" if option_file else "the admin option file"
         return MySQLError(
-            f"{address}: access denied for the admin account",
-            hint="check user and password in the option file named by [mysql] option_file, "
-                 "and that the account may connect from this host")
+            f"{address}: access denied for the admin account ({text})",
+            hint=f"check user and password in {where} (config key mysql.option_file), "
+                 f"and that the account exists on {address.name} and may connect from "
+                 "this host")
     if code == ER_CONN_HOST_ERROR:
         return MySQLError(
-            f"{address}: cannot connect ({text})",
-            hint="is mysqld running and listening on that address and port?")
+            f"{address}: cannot connect ({_connect_reason(exc, text)})",
+            hint=f"is mysqld running on {address.name} and listening on "
+                 f"{address.host}:{address.port}? Check host and port of "
+                 f"servers.{address.name} in the config, and any firewall in between")
     if code in (ER_SERVER_GONE, ER_SERVER_LOST):
         return MySQLError(f"{address}: connection lost ({text})")
     where = f" in `{sql[:120]}`" if sql else ""
     return MySQLError(f"{address}: error {code}{where}: {text}")
+
+
+def _connect_reason(exc: pymysql.err.MySQLError, text: str) -> str:
+    """The OS-level cause (refused, timed out, unknown host) without PyMySQL's preamble."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    if isinstance(cause, OSError) and str(cause):
+        return str(cause)
+    return text

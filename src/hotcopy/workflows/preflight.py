@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,10 +18,15 @@ from hotcopy.mysql import replication
 from hotcopy.mysql.flavor import ReplicaStatus
 from hotcopy.mysql.mysqld import read_layout
 from hotcopy.mysql.server import Server
+from hotcopy.progress import human_bytes
 from hotcopy.runtime import Runtime
-from hotcopy.saga import Journal
+from hotcopy.saga import Job, Journal
 from hotcopy.snapshot.base import backend_for, inside
 from hotcopy.transfer.base import STATIC_EXCLUDES, is_excluded, log_excludes
+from hotcopy.workflows import faults
+
+#: Steps that report progress, so a kill-during fault can fire inside them.
+PROGRESS_STEPS = ("pull",)
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +72,18 @@ def run(runtime: Runtime, journal: Journal, source: str, target: str,
         job_id: str = "plan") -> Preflight:
     report = Preflight()
     config = runtime.config
+    _check_faults(report)
     if source == target:
-        report.error("arguments", f"source and target are the same server ({source})")
+        report.error("arguments", f"source and target are the same server ({source})",
+                     hint="--target names the replica to re-seed, --source another healthy "
+                          "replica to copy it from")
         return report
     source_conf, target_conf = config.server(source), config.server(target)
     report.facts.update(source=source, target=target, source_address=source_conf.host,
                         target_address=target_conf.host)
-    _check_locks(report, journal, source, target, job_id)
+    _check_locks(report, journal, source, target, job_id, os.path.abspath(config.source_path))
+    if report.errors:
+        return report  # a busy server is mid-change: anything else found now would mislead
     src = runtime.server(source)
     if not _reachable(report, src, "source"):
         return report
@@ -96,24 +107,80 @@ def _reachable(report: Preflight, server: Server, role: str) -> bool:
     try:
         version = server.version_string
     except MySQLError as exc:
-        report.error(f"{role}.connect", exc.message, exc.hint)
+        report.error(f"{role}.connect", f"{role} {exc.message}", exc.hint)
         return False
     report.facts[f"{role}_version"] = version
     report.facts[f"{role}_flavor"] = server.flavor.name
     return True
 
 
+def _check_faults(report: Preflight) -> None:
+    """A rehearsal fault that can never fire would turn a rehearsal into a real clone."""
+    spec = os.environ.get(faults.ENVIRONMENT_VARIABLE, "")
+    if not spec.strip():
+        return
+    name = faults.ENVIRONMENT_VARIABLE
+    try:
+        parsed = faults.parse(spec)
+    except RefusedError as exc:
+        report.error("faults", exc.message, exc.hint)
+        return
+    except ValueError:
+        report.error("faults", f"{name}={spec!r}: the fraction of kill-during must be a number",
+                     hint="e.g. kill-during:pull:0.5")
+        return
+    from hotcopy.workflows.clone import STEPS  # late: the clone workflow imports this module
+
+    steps = [step.name for step in STEPS]
+    for fault in parsed:
+        label = f"{fault.kind}:{fault.step}"
+        if fault.step not in steps:
+            report.error("faults", f"{name}: '{label}' names no step of the clone, so it "
+                         "would never fire", hint="steps: " + ", ".join(steps))
+        elif fault.kind == "kill-during" and (fault.step not in PROGRESS_STEPS
+                                              or not 0 < fault.fraction <= 1):
+            report.error("faults", f"{name}: '{label}:{fault.fraction}' would never fire",
+                         hint="kill-during works in " + ", ".join(PROGRESS_STEPS)
+                              + " with a fraction in (0, 1], e.g. kill-during:pull:0.5")
+        else:
+            report.warn("faults", f"{name} is set: this run fails on purpose ({label})")
+
+
 def _check_locks(report: Preflight, journal: Journal, source: str, target: str,
-                 own_job: str) -> None:
+                 own_job: str, config_path: str) -> None:
     for job in journal.list_jobs(limit=200):
         if job.terminal or job.kind != "clone" or job.id == own_job:
             continue
         busy = {job.params.get("source"), job.params.get("target")} & {source, target}
         if busy:
-            report.error("busy", f"job {job.id} ({job.state}) is still working on "
+            report.error("busy", f"job {job.id} ({job.state}, {job.params.get('source')} → "
+                         f"{job.params.get('target')}) is still working on "
                          f"{', '.join(sorted(str(b) for b in busy))}",
-                         hint=f"finish it first: `hotcopy resume {job.id}` or "
-                              f"`hotcopy rollback {job.id}`")
+                         hint=_busy_hint(job, config_path))
+
+
+def _busy_hint(job: Job, config_path: str) -> str:
+    alive = _controller_alive(job)
+    if alive:
+        return f"wait for it, or stop pid {job.owner_pid} (SIGTERM rolls the job back)"
+    finish = (f"`hotcopy rollback --config {config_path} {job.id}` undoes it, "
+              f"`hotcopy resume --config {config_path} {job.id}` finishes it")
+    if alive is None:
+        return f"if its controller ({job.owner_host} pid {job.owner_pid}) is gone: {finish}"
+    return f"its controller (pid {job.owner_pid}) is gone: {finish}"
+
+
+def _controller_alive(job: Job) -> bool | None:
+    """Whether the process that runs the job still exists; None when it is elsewhere."""
+    if not job.owner_pid or job.owner_host != socket.gethostname():
+        return None
+    try:
+        os.kill(job.owner_pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_source_replication(report: Preflight, runtime: Runtime,
@@ -124,19 +191,25 @@ def _check_source_replication(report: Preflight, runtime: Runtime,
         report.error("source.replication", exc.message)
         return None
     if status is None:
-        report.error("source.replica", f"{src.name} is not a replica (no replication "
-                     "configured): the source must be a healthy replica of the shard's master")
+        report.error("source.replica", f"source {src.name} is not a replica (no replication "
+                     "configured): the source must be a healthy replica of the shard's master",
+                     hint="pass one of the shard's replicas as --source")
         return None
     if not status.running:
-        error = status.last_sql_error or status.last_io_error or "stopped"
-        report.error("source.replication", f"replication on {src.name} is not running "
-                     f"(IO {status.io_running}, SQL {status.sql_running}): {error}",
-                     hint="a source whose replication is broken would seed a broken replica")
+        error = status.last_sql_error or status.last_io_error or "stopped, without an error"
+        report.error("source.replication", f"replication on source {src.name} is not running "
+                     f"(IO thread {status.io_running}, SQL thread {status.sql_running}): {error}",
+                     hint=f"a copy of {src.name} now would seed a replica that is just as "
+                          "stuck: fix and restart its replication (START SLAVE), or pass "
+                          "another replica as --source")
     lag = status.seconds_behind
     limit = runtime.config.clone.max_source_lag_s
     if lag is not None and lag > limit:
-        report.error("source.lag", f"{src.name} is {lag}s behind its master "
-                     f"(limit clone.max_source_lag_s = {limit})")
+        report.error("source.lag", f"source {src.name} is {lag}s behind its master "
+                     f"(limit clone.max_source_lag_s = {limit})",
+                     hint=f"wait until {src.name} has caught up, pass a replica closer to the "
+                          f"master as --source, or raise clone.max_source_lag_s in "
+                          f"{runtime.config.source_path}")
     report.facts["master"] = {"host": status.master_host, "port": status.master_port}
     report.facts["using_gtid"] = status.using_gtid
     return status
@@ -161,8 +234,9 @@ def _check_target_sql(report: Preflight, runtime: Runtime, target: str,
                       status: ReplicaStatus) -> None:
     tgt_conf = runtime.config.server(target)
     if (tgt_conf.host, tgt_conf.port) == (status.master_host, status.master_port):
-        report.error("target.master", f"{target} is the shard's master; hotcopy only "
-                     "re-seeds replicas")
+        report.error("target.master", f"target {target} is the shard's master (the source "
+                     "replicates from it); hotcopy only re-seeds replicas",
+                     hint="pass a replica as --target; a master must be demoted first")
         return
     control = runtime.mysqld(target)
     running = control.is_running()
@@ -176,9 +250,12 @@ def _check_target_sql(report: Preflight, runtime: Runtime, target: str,
         return
     children = replication.replicas_of(tgt)
     if children:
-        report.error("target.replicas", f"{target} has replicas of its own "
-                     f"({', '.join(children)}); re-seeding it would break them",
-                     hint="re-point them to another server first")
+        report.error("target.replicas", f"target {target} has {len(children)} replica(s) of "
+                     f"its own pulling its binlog (from {', '.join(children)}); re-seeding it "
+                     "would break them",
+                     hint="re-point them to another server first; a client that is already "
+                          f"gone can be cut off with KILL on {target} (its thread shows as "
+                          "Binlog Dump in SHOW PROCESSLIST)")
     src_version = report.facts.get("source_version", "")
     tgt_version = report.facts.get("target_version", "")
     if src_version.split(".")[:2] != tgt_version.split(".")[:2]:
@@ -212,7 +289,7 @@ def _check_source_files(report: Preflight, runtime: Runtime, src: Server, source
         backend = backend_for(executor, datadir, runtime.config.server(source).snapshot)
         plan = backend.plan(executor, source, datadir, job_id)
     except RefusedError as exc:
-        report.error("source.snapshot", exc.message, exc.hint)
+        report.error("source.snapshot", f"source {source}: {exc.message}", exc.hint)
         return
     report.facts["snapshot_backend"] = backend.name
     report.facts["snapshot_plan"] = plan.as_dict()
@@ -248,9 +325,14 @@ def _check_target_files(report: Preflight, runtime: Runtime, target: str) -> Non
         report.error("target.datadir", f"servers.{target}.datadir is {datadir} but its "
                      f"defaults file says {layout.datadir}")
     avail = int(executor.run(["df", "--output=avail", "-B1", parent]).stdout.split()[-1])
-    need = int(report.facts.get("ship_bytes", 0) * (1 + runtime.config.clone.free_space_margin))
+    data = int(report.facts.get("ship_bytes", 0))
+    need = int(data * (1 + runtime.config.clone.free_space_margin))
     report.facts["target_free_bytes"] = avail
     if avail < need:
-        report.error("target.space", f"{parent} on {executor.name} has {avail} bytes free but "
-                     f"the copy needs {need} (data plus clone.free_space_margin)",
-                     hint="free space on the target, or keep the old datadir elsewhere")
+        margin = runtime.config.clone.free_space_margin
+        report.error("target.space", f"target {target}: {parent} has {human_bytes(avail)} free "
+                     f"but the copy needs {human_bytes(need)} ({human_bytes(data)} of data plus "
+                     f"clone.free_space_margin = {margin:.0%})",
+                     hint=f"free at least {human_bytes(need - avail)} on that filesystem of "
+                          f"{target} ({executor.name}); the old datadir stays there until "
+                          "the clone commits")
