@@ -7,15 +7,22 @@ running hotcopy only starts the two ends and reads progress.
 from __future__ import annotations
 
 import fnmatch
+import heapq
 import importlib
 import logging
 import os
+import random
 import re
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from hotcopy.errors import RefusedError
+from hotcopy.hosts import Executor
 from hotcopy.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -179,3 +186,194 @@ def method_for(runtime: Runtime, request: TransferRequest, choice: str,
             return method
         reasons.append(f"{name}: {reason}")
     raise RefusedError("no transfer method fits these hosts (" + "; ".join(reasons) + ")")
+
+
+# -- shared by the methods: file lists for parallel streams, progress, process cleanup --
+
+T = TypeVar("T")
+
+# Every process a method starts for a job carries this variable (children inherit it), so
+# a rollback in a fresh process finds them all, re-parented or not, without pid files.
+MARKER_VARIABLE = "HOTCOPY_TRANSFER"
+
+
+def marker(job_id: str) -> str:
+    return f"{MARKER_VARIABLE}={job_id}"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative to the transfer root
+    size: int
+    is_dir: bool
+
+
+def list_tree(executor: Executor, root: str) -> list[FileEntry]:
+    """Every entry below root; NUL-separated so that no file name can split a record."""
+    out = executor.run(["find", root, "-mindepth", "1", "-printf", r"%y\t%s\t%P\0"],
+                       timeout=600).stdout
+    entries = []
+    for record in out.split("\0"):
+        kind, _, rest = record.partition("\t")
+        size, _, path = rest.partition("\t")
+        if path:
+            entries.append(FileEntry(path, int(size) if kind != "d" else 0, kind == "d"))
+    return entries
+
+
+def shippable(entries: Iterable[FileEntry], excludes: Sequence[str]) -> list[FileEntry]:
+    """Entries that travel: neither they nor a directory above them is excluded."""
+    kept = []
+    for entry in entries:
+        parts = entry.path.split("/")
+        if not any(is_excluded("/".join(parts[:i]), excludes) for i in range(1, len(parts) + 1)):
+            kept.append(entry)
+    return kept
+
+
+def split_balanced(entries: Sequence[FileEntry], groups: int) -> list[list[FileEntry]]:
+    """Up to ``groups`` lists of about equal bytes (largest file first to the lightest list).
+
+    Directories all go first into the first list, so their modes arrive early; the other
+    streams create the parents they need on their own. Empty lists are dropped.
+    """
+    lists: list[list[FileEntry]] = [[] for _ in range(max(1, groups))]
+    heap = [(0, index) for index in range(len(lists))]
+    for entry in sorted((e for e in entries if not e.is_dir), key=lambda e: (-e.size, e.path)):
+        total, index = heapq.heappop(heap)
+        lists[index].append(entry)
+        heapq.heappush(heap, (total + entry.size, index))
+    for files in lists:
+        files.sort(key=lambda e: e.path)
+    lists[0][:0] = sorted((e for e in entries if e.is_dir), key=lambda e: e.path)
+    return [files for files in lists if files]
+
+
+def encode_list(entries: Iterable[FileEntry]) -> bytes:
+    """A --files-from / tar -T list with --from0 / --null framing."""
+    return b"".join(entry.path.encode() + b"\0" for entry in entries)
+
+
+class ProgressMeter:
+    """Sums the byte counts of parallel streams into one figure with one throughput.
+
+    Streams report cumulative counts from threads; callbacks are serialized here, so a
+    reporter that is not thread-safe sees one caller at a time.
+    """
+
+    def __init__(self, on_progress: ProgressCallback, total: int | None, *,
+                 window_s: float = 3.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.on_progress = on_progress
+        self.total = total
+        self._window_s = window_s
+        self._clock = clock
+        self._done: dict[int, int] = {}
+        self._samples: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    @property
+    def done(self) -> int:
+        with self._lock:
+            return sum(self._done.values())
+
+    def update(self, stream: int, done: int) -> None:
+        with self._lock:
+            self._done[stream] = done
+            total_done = sum(self._done.values())
+            now = self._clock()
+            self._samples.append((now, total_done))
+            while len(self._samples) > 2 and now - self._samples[1][0] >= self._window_s:
+                self._samples.popleft()
+            then, before = self._samples[0]
+            rate = (total_done - before) / (now - then) if now - then >= 0.5 else None
+            self.on_progress(total_done, self.total, rate)
+
+    def reset(self) -> None:
+        """A retry that starts over counts from zero again."""
+        with self._lock:
+            self._done.clear()
+            self._samples.clear()
+
+
+def run_parallel(tasks: Sequence[Callable[[threading.Event], T]],
+                 abort: Callable[[], None]) -> list[T]:
+    """Run tasks in threads; the first failure (or ^C) sets the event, aborts, re-raises.
+
+    ``abort`` must make the tasks return soon (by killing their processes): the threads
+    are joined before the error propagates, so no stream outlives the call.
+    """
+    cancelled = threading.Event()
+    if len(tasks) == 1:
+        try:
+            return [tasks[0](cancelled)]
+        except BaseException:
+            cancelled.set()
+            abort()
+            raise
+    pool = ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="transfer")
+    futures = [pool.submit(task, cancelled) for task in tasks]
+    try:
+        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in finished:
+            future.result()
+        results = [future.result() for future in futures]
+    except BaseException:
+        cancelled.set()
+        try:
+            abort()
+        except Exception:  # the original error matters more; the undo cleans up later
+            log.warning("could not stop the other streams", exc_info=True)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+_KILL_MARKED = r"""
+marker=$1
+marked() { grep -Fzlx -e "$marker" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3; }
+pids=$(marked); [ -z "$pids" ] && exit 0
+kill -TERM $pids 2>/dev/null
+for next in TERM KILL ''; do
+  i=0
+  while [ $i -lt 50 ]; do pids=$(marked); [ -z "$pids" ] && exit 0; sleep 0.05; i=$((i+1)); done
+  [ -n "$next" ] && kill -$next $pids 2>/dev/null
+done
+echo "still running: $pids" >&2; exit 1
+"""
+
+
+def kill_marked(executor: Executor, job_id: str) -> None:
+    """SIGTERM, then SIGKILL, every process of this job's transfer on a host; idempotent."""
+    executor.run(["sh", "-c", _KILL_MARKED, "kill-marked", marker(job_id)], timeout=60)
+
+
+def empty_directory(executor: Executor, path: str) -> None:
+    """Remove what is inside path, keeping path itself (a subvolume, owned, moded)."""
+    executor.run(["find", path, "-mindepth", "1", "-maxdepth", "1", "-exec",
+                  "rm", "-rf", "--one-file-system", "--", "{}", "+"], timeout=3600)
+
+
+def used_ports(executor: Executor) -> set[int]:
+    out = executor.run(["ss", "-Htln"], check=False).stdout
+    ports = set()
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4:
+            port = fields[3].rsplit(":", 1)[-1]
+            if port.isdigit():
+                ports.add(int(port))
+    return ports
+
+
+def candidate_ports(executor: Executor, port_range: tuple[int, int], count: int = 5) -> list[int]:
+    """A few free ports of the range in random order: a port nobody can guess in advance."""
+    low, high = port_range
+    used = used_ports(executor)
+    candidates = [port for port in range(low, high + 1) if port not in used]
+    random.shuffle(candidates)
+    return candidates[:count]
+
+
+def retry_delay(attempt: int) -> float:
+    return float(min(2 ** attempt, 30))

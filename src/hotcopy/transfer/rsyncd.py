@@ -5,16 +5,23 @@ The daemon lives only for one job: its own port, a per-job user and one-time sec
 target alone, one read-only module rooted at the snapshot, with the excluded files
 hidden on the serving side so they cannot be fetched at all. The secret never touches
 argv or the journal; the client reads it from a 0600 file that is removed afterwards.
+
+With ``transfer.parallel`` > 1 the snapshot's file list is split into groups of about
+equal size and one rsync per group runs at once (``--files-from``), each retried on its
+own; the bandwidth limit is shared among them. The client helpers here serve
+rsync_ssh too.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import random
 import re
 import secrets
+import threading
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from hotcopy.errors import CommandError, HotcopyError
@@ -24,10 +31,20 @@ from hotcopy.runtime import Runtime
 from hotcopy.saga import undo_action
 from hotcopy.transfer.base import (
     ProgressCallback,
+    ProgressMeter,
     ServerHandle,
     TransferRequest,
     TransferResult,
+    candidate_ports,
+    encode_list,
+    kill_marked,
+    list_tree,
+    marker,
     parse_int,
+    retry_delay,
+    run_parallel,
+    shippable,
+    split_balanced,
 )
 
 log = logging.getLogger(__name__)
@@ -71,16 +88,81 @@ def private_directory(executor: Executor, path: str) -> None:
     executor.run(["mkdir", "-m", "700", path])
 
 
-def _used_ports(executor: Executor) -> set[int]:
-    out = executor.run(["ss", "-Htln"], check=False).stdout
-    ports = set()
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) >= 4:
-            port = fields[3].rsplit(":", 1)[-1]
-            if port.isdigit():
-                ports.add(int(port))
-    return ports
+def write_lists(runtime: Runtime, request: TransferRequest, directory: str) -> list[str] | None:
+    """Per-stream file lists (balanced by size) in directory on the target; None for one.
+
+    The lists come from the snapshot itself, filtered by the same excludes, so every
+    stream ships only what a single rsync would have shipped.
+    """
+    parallel = runtime.config.transfer.parallel
+    if parallel <= 1:
+        return None
+    entries = shippable(list_tree(runtime.executor(request.source), request.source_path),
+                        request.excludes)
+    paths = []
+    for index, group in enumerate(split_balanced(entries, parallel)):
+        path = f"{directory}/files-{index}"
+        runtime.executor(request.target).write_file(path, encode_list(group))
+        paths.append(path)
+    return paths
+
+
+def client_commands(base: Sequence[str], request: TransferRequest, source_url: str,
+                    lists: Sequence[str] | None) -> list[list[str]]:
+    """One rsync per list (or one recursive rsync); the bandwidth limit shared among them."""
+    streams = len(lists) if lists else 1
+    argv = list(base)
+    if request.bwlimit_kbps:
+        argv.append(f"--bwlimit={max(1, request.bwlimit_kbps // streams)}")
+    destination = request.destination.rstrip("/") + "/"
+    if not lists:
+        return [[*argv, "--delete", "--no-inc-recursive", source_url, destination]]
+    return [[*argv, "--from0", f"--files-from={path}", source_url, destination]
+            for path in lists]
+
+
+def run_clients(executor: Executor, request: TransferRequest, commands: Sequence[list[str]],
+                on_progress: ProgressCallback,
+                retryable: Collection[int] = RETRYABLE) -> TransferResult:
+    """rsync clients in parallel, each retried on its own (it resumes its partial files).
+
+    Each carries the job's marker in its environment, so a rollback finds it by that.
+    """
+    meter = ProgressMeter(on_progress, request.expected_bytes)
+    started = time.monotonic()
+
+    def client(index: int, argv: list[str],
+               cancelled: threading.Event) -> tuple[dict[str, int], int]:
+        def on_line(line: str) -> None:
+            parsed = parse_progress(line)
+            if parsed is not None:
+                meter.update(index, parsed[0])
+
+        for attempt in range(1, request.retries + 2):
+            try:
+                result = executor.stream(["env", marker(request.job_id), *argv], on_line,
+                                         timeout=request.timeout_s)
+            except CommandError as exc:
+                if (cancelled.is_set() or exc.returncode not in retryable
+                        or attempt > request.retries):
+                    raise
+                delay = retry_delay(attempt)
+                log.warning("stream %d interrupted (rsync exit %s); retry %d of %d in %.0fs",
+                            index, exc.returncode, attempt, request.retries, delay)
+                if cancelled.wait(delay):
+                    raise
+                continue
+            return parse_stats(result.stdout), attempt
+        raise AssertionError("unreachable")
+
+    results = run_parallel([functools.partial(client, i, argv) for i, argv in enumerate(commands)],
+                           abort=lambda: kill_marked(executor, request.job_id))
+    totals: Counter[str] = Counter()
+    for stats, _ in results:
+        totals.update(stats)
+    return TransferResult(totals["Total bytes received"], totals["Literal data"],
+                          totals["Number of regular files transferred"],
+                          time.monotonic() - started, max(attempts for _, attempts in results))
 
 
 class RsyncDaemon:
@@ -108,9 +190,11 @@ class RsyncDaemon:
             "password_file": f"{state_dir}/{request.job_id}-pull/rsync.pass",
             "user": "hc" + re.sub(r"[^a-z0-9]", "", request.job_id.lower())[-12:],
             "port": 0,
+            "job_id": request.job_id,
         })
 
-    def _config(self, request: TransferRequest, handle: ServerHandle, port: int) -> str:
+    def _config(self, request: TransferRequest, handle: ServerHandle, port: int,
+                connections: int) -> str:
         workdir = handle.params["workdir"]
         excludes = " ".join(request.excludes)
         return "\n".join([
@@ -119,7 +203,7 @@ class RsyncDaemon:
             f"address = {request.source_address}",
             f"port = {port}",
             "use chroot = no",
-            "max connections = 8",
+            f"max connections = {connections}",
             "reverse lookup = no",
             f"[{MODULE}]",
             f"    path = {request.source_path}",
@@ -146,12 +230,11 @@ class RsyncDaemon:
         private_directory(executor, workdir)
         executor.write_file(f"{workdir}/secrets", f"{handle.params['user']}:{secret}\n".encode())
         low, high = runtime.config.transfer.port_range
-        used = _used_ports(executor)
-        candidates = [p for p in range(low, high + 1) if p not in used]
-        random.shuffle(candidates)
-        for port in candidates[:5]:
+        connections = max(8, runtime.config.transfer.parallel + 2)
+        for port in candidate_ports(executor, (low, high)):
             executor.write_file(f"{workdir}/rsyncd.conf",
-                                self._config(request, handle, port).encode(), mode=0o600)
+                                self._config(request, handle, port, connections).encode(),
+                                mode=0o600)
             executor.run(["rm", "-f", f"{workdir}/rsyncd.log", f"{workdir}/rsyncd.pid"])
             executor.run(["rsync", "--daemon", f"--config={workdir}/rsyncd.conf"])
             if self._started(executor, workdir):
@@ -185,48 +268,46 @@ class RsyncDaemon:
         executor.write_file(password_file, (self._secrets[request.job_id] + "\n").encode())
         url = (f"rsync://{handle.params['user']}@{_url_host(request.source_address)}:"
                f"{handle.params['port']}/{MODULE}/")
-        argv = ["rsync", "-a", "--numeric-ids", "--delete", "--partial", "--no-inc-recursive",
-                "--info=progress2,stats2", "--timeout=60", "--contimeout=20",
+        transfer = runtime.config.transfer
+        # --inplace: what arrived stays in its file even when rsync dies hard (SIGKILL, a
+        # reboot), where --partial alone leaves a temporary file that the next run
+        # deletes; a resumed pull then ships only the rest (delta against that file).
+        base = ["rsync", "-a", "--numeric-ids", "--partial", "--inplace",
+                "--info=progress2,stats2",
+                f"--timeout={transfer.io_timeout_s}", f"--contimeout={transfer.connect_timeout_s}",
                 f"--password-file={password_file}"]
-        if request.bwlimit_kbps:
-            argv.append(f"--bwlimit={request.bwlimit_kbps}")
-        argv += [url, request.destination.rstrip("/") + "/"]
-        started = time.monotonic()
-        totals = {"Total bytes received": 0, "Literal data": 0,
-                  "Number of regular files transferred": 0}
-
-        def on_line(line: str) -> None:
-            parsed = parse_progress(line)
-            if parsed is not None:
-                on_progress(parsed[0], request.expected_bytes, parsed[1])
-
         try:
-            for attempt in range(1, request.retries + 2):
-                try:
-                    result = executor.stream(argv, on_line, timeout=request.timeout_s)
-                except CommandError as exc:
-                    if exc.returncode not in RETRYABLE or attempt > request.retries:
-                        raise
-                    delay = min(2 ** attempt, 30)
-                    log.warning("transfer interrupted (rsync exit %s); retry %d of %d in %ds",
-                                exc.returncode, attempt, request.retries, delay)
-                    time.sleep(delay)
-                    continue
-                for key, value in parse_stats(result.stdout).items():
-                    if key in totals:
-                        totals[key] += value
-                return TransferResult(totals["Total bytes received"], totals["Literal data"],
-                                      totals["Number of regular files transferred"],
-                                      time.monotonic() - started, attempt)
+            lists = write_lists(runtime, request, handle.params["password_dir"])
+            return run_clients(executor, request, client_commands(base, request, url, lists),
+                               on_progress)
+        except CommandError as exc:
+            if NO_SPACE in exc.stderr:
+                raise disk_full(runtime, request) from exc
+            raise
         finally:
             executor.run(["rm", "-rf", "--", handle.params["password_dir"]], check=False)
-        raise AssertionError("unreachable")
 
     def stop(self, runtime: Runtime, handle: ServerHandle) -> None:
         stop_daemon(runtime, handle.server, handle.params)
 
 
 METHOD = RsyncDaemon()
+
+NO_SPACE = "No space left on device"
+
+
+def disk_full(runtime: Runtime, request: TransferRequest) -> HotcopyError:
+    """ENOSPC mid-transfer: say which filesystem, how much the copy needs, what to do."""
+    free = runtime.executor(request.target).run(
+        ["df", "-B1", "--output=avail", request.destination], check=False).stdout.split()
+    left = f"{int(free[-1]) / 1e6:.0f} MB free" if free and free[-1].isdigit() else "full"
+    need = f", the copy needs {request.expected_bytes / 1e6:.0f} MB" \
+        if request.expected_bytes else ""
+    return HotcopyError(
+        f"the target's filesystem filled up during the transfer ({request.destination} on "
+        f"{request.target}: {left}{need})",
+        hint="something else wrote to that filesystem after the preflight check; free space "
+             "there, then clone again")
 
 
 def stop_daemon(runtime: Runtime, server: str, params: Mapping[str, Any]) -> None:
@@ -237,6 +318,8 @@ def stop_daemon(runtime: Runtime, server: str, params: Mapping[str, Any]) -> Non
     executor.run(["rm", "-rf", "--", params["workdir"]])
     target = params.get("target")
     if target:
+        if params.get("job_id"):
+            kill_marked(runtime.executor(target), params["job_id"])  # clients of a dead run
         runtime.executor(target).run(["rm", "-rf", "--", params["password_dir"]], check=False)
 
 

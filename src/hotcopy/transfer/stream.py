@@ -1,0 +1,336 @@
+"""tar + zstd over one-time TCP streams: the target listens, the source sends.
+
+For hosts where neither an rsync daemon nor ssh between them is wanted: the target runs
+a socat listener for this job alone, bound to the target's address, on a random port of
+``transfer.port_range``, accepting connections from the source's address only (socat
+``range=``). Every connection must open with a header carrying a one-time token (a
+0600 file on both hosts, never in argv or the journal) before a byte is extracted, so a
+stranger who connects first cannot inject files; each stream is accepted once. The
+source sends ``tar -c`` of exactly the files rsync would ship (hotcopy applies the same
+excludes to its own file list) through ``pv`` (progress), ``zstd -T0`` and ``pv -L``
+(``transfer.bwlimit_kbps``, counted on the compressed bytes the network carries; without
+pv on the source, progress comes from tar's checkpoints and a limit is refused); the
+receiver answers ``HOTCOPY-OK`` only once tar has extracted it all. With
+``transfer.parallel`` > 1 the file list is split into groups of about equal size, one
+stream each, and the limit is shared among them.
+
+Not resumable: a tar stream cannot skip what already arrived. A retry (and a resumed
+job) stops everything, empties the staging directory, starts a new listener with a
+new port and token, and sends it all again.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hotcopy.config import is_ip_address
+from hotcopy.errors import HotcopyError
+from hotcopy.hosts import Executor
+from hotcopy.hosts.processes import process_alive
+from hotcopy.runtime import Runtime
+from hotcopy.saga import undo_action
+from hotcopy.transfer.base import (
+    MARKER_VARIABLE,
+    FileEntry,
+    ProgressCallback,
+    ProgressMeter,
+    ServerHandle,
+    TransferRequest,
+    TransferResult,
+    candidate_ports,
+    empty_directory,
+    encode_list,
+    kill_marked,
+    list_tree,
+    marker,
+    retry_delay,
+    run_parallel,
+    shippable,
+    split_balanced,
+)
+from hotcopy.transfer.rsyncd import private_directory
+
+log = logging.getLogger(__name__)
+
+TAR_RECORD = 10240  # GNU tar's default record: 20 blocks of 512 bytes
+CHECKPOINT_RECORDS = 100
+
+# Runs once per accepted connection, stdin/stdout being the socket. The token is
+# compared in the shell (builtins only), so it never appears in any process's argv.
+RECEIVER = r"""#!/bin/bash
+# hotcopy stream receiver: one connection carries one tar stream into the staging dir.
+set -u -o pipefail
+dir=${0%/*}
+refuse() {
+  printf '%s %s %s\n' "$(date +%s)" "${SOCAT_PEERADDR:-?}" "$1" >> "$dir/refused"
+  echo "HOTCOPY-ERR refused: $1"
+  exit 1
+}
+IFS=' ' read -r -t 30 -n 256 index codec token || refuse "no header"
+[ -n "$token" ] && [ "$token" = "$(<"$dir/token")" ] || refuse "bad token"
+case $index in ''|*[!0-9]*) refuse "bad stream number" ;; esac
+case $codec in zstd) decode=(zstd -d -q -c) ;; none) decode=(cat) ;; *) refuse "bad codec" ;; esac
+mkdir "$dir/stream-$index" 2>/dev/null || refuse "stream $index was already received"
+err="$dir/stream-$index/errors"
+"${decode[@]}" 2>"$err" | tar -x -f - -C "$(<"$dir/staging")" --numeric-owner -p 2>>"$err"
+rc=$?
+if [ $rc -eq 0 ]; then echo "HOTCOPY-OK $index"; exit 0; fi
+echo "HOTCOPY-ERR stream $index: extracting failed (exit $rc): $(tail -c 400 "$err" | tr '\n' ' ')"
+exit 1
+"""
+
+# One per stream on the source. pv (or tar's checkpoints) count the archive's bytes on
+# stdout; socat's stdout carries the receiver's answer back; both reach the controller.
+# The pace is set after compression, on what the network carries, and keeps zstd's
+# output flowing (a limit before zstd could starve the socket past its idle timeout).
+SENDER = r"""#!/bin/bash
+# hotcopy stream sender: tar of list INDEX, counted, compressed, paced, to the target.
+set -u -o pipefail
+dir=${0%/*}
+index=$1 connect=$2 root=$3 level=$4 limit=$5 meter=$6 io=$7
+token=$(<"$dir/token")
+codec=none; [ "$level" -gt 0 ] && codec=zstd
+exec 3>&1
+archive() {
+  local progress=()
+  [ "$meter" = tar ] && progress=(--checkpoint=CHECKPOINT_RECORDS
+                                  "--checkpoint-action=echo=HOTCOPY-CHECKPOINT %u")
+  tar -c -f - -C "$root" --numeric-owner --no-recursion --null -T "$dir/files-$index" \
+      "${progress[@]}" 2>&3
+}
+count() { if [ "$meter" = pv ]; then pv -n -b -i 0.5 2>&3; else cat; fi; }
+compress() { if [ "$codec" = zstd ]; then zstd -T0 "-$level" -q -c; else cat; fi; }
+stream() { printf '%s %s %s\n' "$index" "$codec" "$token"; archive | count | compress; }
+if [ "$limit" -gt 0 ]; then
+  stream | pv -q -L "$limit" | socat -T "$io" -t "$io" - "$connect"
+else
+  stream | socat -T "$io" -t "$io" - "$connect"
+fi
+""".replace("CHECKPOINT_RECORDS", str(CHECKPOINT_RECORDS))
+
+_START = (f'{MARKER_VARIABLE}="$1" setsid socat -d -d -lf "$2" "$3" "$4" '
+          '</dev/null >/dev/null 2>&1 & echo $!')
+
+
+class StreamFailed(HotcopyError):
+    pass
+
+
+def tar_size(entries: Sequence[FileEntry]) -> int:
+    """Bytes of the tar stream GNU tar writes for these entries (what pv counts)."""
+    blocks = 2  # the end-of-archive marker
+    for entry in entries:
+        name = len(entry.path.encode()) + (1 if entry.is_dir else 0)
+        blocks += 1 + (1 + -(-(name + 1) // 512) if name > 99 else 0)
+        blocks += -(-entry.size // 512)
+    return -(-blocks * 512 // TAR_RECORD) * TAR_RECORD
+
+
+def _bracket(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def listen_address(address: str, peer: str, port: int, children: int) -> str:
+    family, prefix = ("6", 128) if ":" in peer else ("4", 32)
+    return (f"TCP{family}-LISTEN:{port},bind={_bracket(address)},"
+            f"range={_bracket(peer)}/{prefix},reuseaddr,fork,max-children={children}")
+
+
+def connect_address(address: str, peer: str, port: int, timeout_s: int) -> str:
+    family = "6" if ":" in peer else "4"
+    return (f"TCP{family}:{_bracket(address)}:{port},bind={_bracket(peer)},"
+            f"connect-timeout={timeout_s}")
+
+
+def resolve(executor: Executor, address: str) -> str:
+    """The IP the target will see the source connect from (socat's range needs one)."""
+    if is_ip_address(address):
+        return address
+    out = executor.run(["getent", "ahosts", address], check=False).stdout.split()
+    if not out:
+        raise HotcopyError(f"{executor.name} cannot resolve {address}")
+    return out[0]
+
+
+def _missing(executor: Executor, tools: Sequence[str]) -> list[str]:
+    script = 'for t; do command -v "$t" >/dev/null 2>&1 || echo "$t"; done'
+    return executor.run(["sh", "-c", script, "check", *tools], check=False).stdout.split()
+
+
+class StreamMethod:
+    name = "stream"
+
+    def unsupported_reason(self, runtime: Runtime, request: TransferRequest,
+                           snapshot_backend: str) -> str | None:
+        compress = ["zstd"] if runtime.config.transfer.zstd_level > 0 else []
+        needs = {request.source: ["bash", "tar", "socat", "find", *compress],
+                 request.target: ["bash", "tar", "socat", "setsid", "ss", *compress]}
+        for server, tools in needs.items():
+            missing = _missing(runtime.executor(server), tools)
+            if missing:
+                return f"{', '.join(missing)} not installed on {server}"
+        if request.bwlimit_kbps and _missing(runtime.executor(request.source), ["pv"]):
+            return (f"transfer.bwlimit_kbps needs pv on {request.source} to pace a stream, "
+                    "and it is not installed")
+        return None
+
+    def prepare(self, runtime: Runtime, request: TransferRequest) -> ServerHandle:
+        state_dir = runtime.config.transfer.state_dir
+        return ServerHandle(self.name, request.target, {
+            "workdir": f"{state_dir}/{request.job_id}-stream",
+            "source": request.source,
+            "source_workdir": f"{state_dir}/{request.job_id}-stream-send",
+            "job_id": request.job_id,
+            "port": 0,
+        })
+
+    def serve(self, runtime: Runtime, request: TransferRequest, handle: ServerHandle) -> None:
+        source = runtime.executor(request.source)
+        private_directory(source, handle.params["source_workdir"])
+        source.write_file(f"{handle.params['source_workdir']}/send.sh", SENDER.encode(),
+                          mode=0o700)
+        self._listen(runtime, request, handle)
+
+    def _listen(self, runtime: Runtime, request: TransferRequest, handle: ServerHandle) -> None:
+        """A fresh listener: new directory, new token on both ends, new random port."""
+        target, source = runtime.executor(request.target), runtime.executor(request.source)
+        workdir = handle.params["workdir"]
+        private_directory(target, workdir)
+        token = secrets.token_hex(32).encode()
+        target.write_file(f"{workdir}/token", token)
+        source.write_file(f"{handle.params['source_workdir']}/token", token)
+        target.write_file(f"{workdir}/receive.sh", RECEIVER.encode(), mode=0o700)
+        target.write_file(f"{workdir}/staging", request.destination.encode())
+        peer = resolve(target, request.source_address)
+        handle.params["peer"] = peer
+        children = runtime.config.transfer.parallel + 4
+        for port in candidate_ports(target, runtime.config.transfer.port_range):
+            listen = listen_address(request.target_address, peer, port, children)
+            pid = target.run(["sh", "-c", _START, "listen", request.job_id,
+                              f"{workdir}/socat.log", listen,
+                              f"EXEC:bash {workdir}/receive.sh"]).stdout.strip()
+            if pid.isdigit() and self._listening(target, port, int(pid)):
+                handle.params["port"] = port
+                log.info("stream listener on %s:%d for %s", request.target_address, port, peer)
+                return
+            kill_marked(target, request.job_id)
+        tail = target.run(["tail", "-n", "3", f"{workdir}/socat.log"], check=False).stdout
+        raise HotcopyError(f"could not start a stream listener on {target.name} (ports "
+                           f"{runtime.config.transfer.port_range}): {tail.strip()}")
+
+    def _listening(self, executor: Executor, port: int, pid: int) -> bool:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if not process_alive(executor, pid):
+                return False
+            if executor.run(["ss", "-Htln", f"sport = :{port}"], check=False).stdout.strip():
+                return process_alive(executor, pid)
+            time.sleep(0.05)
+        return False
+
+    def pull(self, runtime: Runtime, request: TransferRequest, handle: ServerHandle,
+             on_progress: ProgressCallback) -> TransferResult:
+        source, target = runtime.executor(request.source), runtime.executor(request.target)
+        entries = shippable(list_tree(source, request.source_path), request.excludes)
+        groups = split_balanced(entries, runtime.config.transfer.parallel)
+        for index, group in enumerate(groups):
+            source.write_file(f"{handle.params['source_workdir']}/files-{index}",
+                              encode_list(group))
+        meter = ProgressMeter(on_progress, sum(tar_size(group) for group in groups))
+        started = time.monotonic()
+        for attempt in range(1, request.retries + 2):
+            if attempt > 1:
+                self._listen(runtime, request, handle)
+            empty_directory(target, request.destination)  # never extract over a partial run
+            meter.reset()
+            try:
+                sent = self._send_all(runtime, request, handle, groups, meter)
+            except StreamFailed as exc:
+                if attempt > request.retries:
+                    raise
+                delay = retry_delay(attempt)
+                log.warning("%s; starting over (retry %d of %d) in %.0fs", exc.message,
+                            attempt, request.retries, delay)
+                time.sleep(delay)
+                continue
+            files = sum(1 for entry in entries if not entry.is_dir)
+            return TransferResult(sum(sent), sum(entry.size for entry in entries), files,
+                                  time.monotonic() - started, attempt)
+        raise AssertionError("unreachable")
+
+    def _send_all(self, runtime: Runtime, request: TransferRequest, handle: ServerHandle,
+                  groups: list[list[FileEntry]], meter: ProgressMeter) -> list[int]:
+        transfer = runtime.config.transfer
+        source, target = runtime.executor(request.source), runtime.executor(request.target)
+        meter_kind = "tar" if _missing(source, ["pv"]) else "pv"
+        limit = (request.bwlimit_kbps or 0) * 1024 // len(groups)
+        connect = connect_address(request.target_address, handle.params["peer"],
+                                  handle.params["port"], transfer.connect_timeout_s)
+        sender = f"{handle.params['source_workdir']}/send.sh"
+
+        def send(index: int, cancelled: threading.Event) -> int:
+            seen: dict[str, Any] = {"bytes": 0, "ok": False, "notes": []}
+
+            def on_line(line: str) -> None:
+                text = line.strip()
+                if text.isdigit():
+                    seen["bytes"] = int(text)
+                    meter.update(index, seen["bytes"])
+                elif "HOTCOPY-CHECKPOINT" in text:
+                    seen["bytes"] = int(text.rsplit(" ", 1)[-1]) * TAR_RECORD
+                    meter.update(index, seen["bytes"])
+                elif text.startswith("HOTCOPY-OK"):
+                    seen["ok"] = True
+                elif text:
+                    seen["notes"] = [*seen["notes"][-4:], text[-300:]]
+
+            result = source.stream(
+                ["env", marker(request.job_id), "bash", sender, str(index), connect,
+                 request.source_path, str(transfer.zstd_level), str(limit), meter_kind,
+                 str(transfer.io_timeout_s)], on_line, timeout=request.timeout_s, check=False)
+            if not seen["ok"]:
+                why = "; ".join(seen["notes"]) or result.stderr.strip()[-300:] or "no answer"
+                refused = target.run(["tail", "-n", "2", f"{handle.params['workdir']}/refused"],
+                                     check=False).stdout.strip()
+                if refused:
+                    why += f" (the receiver refused: {refused})"
+                raise StreamFailed(f"stream {index + 1} of {len(groups)} to "
+                                   f"{request.target} failed (exit {result.returncode}): {why}")
+            sent = int(seen["bytes"]) if meter_kind == "pv" else 0
+            sent = sent or tar_size(groups[index])
+            meter.update(index, sent)
+            return sent
+
+        return run_parallel([functools.partial(send, i) for i in range(len(groups))],
+                            abort=lambda: stop_stream(runtime, {"server": handle.server,
+                                                                **handle.params}, keep_files=True))
+
+    def stop(self, runtime: Runtime, handle: ServerHandle) -> None:
+        stop_stream(runtime, {"server": handle.server, **handle.params})
+
+
+METHOD = StreamMethod()
+
+
+def stop_stream(runtime: Runtime, params: Mapping[str, Any], *, keep_files: bool = False) -> None:
+    """Kill the listener, its receivers and the senders; then remove tokens and lists."""
+    ends = ((params["server"], params["workdir"]),
+            (params["source"], params["source_workdir"]))
+    for server, workdir in ends:
+        executor = runtime.executor(server)
+        kill_marked(executor, params["job_id"])
+        if not keep_files:
+            executor.run(["rm", "-rf", "--", workdir])
+
+
+@undo_action("transfer.stream.stop",
+             describe="stop the stream listener on {server} and the senders on {source}, "
+                      "remove their tokens ({workdir}, {source_workdir})")
+def _undo_stop(runtime: Runtime, params: Mapping[str, Any]) -> None:
+    stop_stream(runtime, params)
