@@ -6,15 +6,17 @@ which key, in which file, and what was expected, and nothing may have been chang
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import logging
 import os
 import stat
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from hotcopy.errors import ConfigError, RefusedError
 
@@ -65,9 +67,23 @@ class TransferConfig(_Strict):
     port_range: tuple[int, int] = (28700, 28799)
     state_dir: str = Field(default="/run/hotcopy", pattern=r"^/[A-Za-z0-9_./-]+$",
                            description="root-only directory on each host for per-job secrets")
-    bwlimit_kbps: int | None = Field(default=None, gt=0)
+    bwlimit_kbps: int | None = Field(default=None, gt=0,
+                                     description="KiB/s for the whole transfer, all streams")
     timeout_s: float = Field(default=24 * 3600, gt=0)
     retries: int = Field(default=3, ge=0, le=20)
+    parallel: int = Field(default=1, ge=1, le=8,
+                          description="streams at once, files split into groups by size")
+    connect_timeout_s: int = Field(default=20, ge=1, le=600)
+    io_timeout_s: int = Field(default=300, ge=10, le=86400,
+                              description="a stream silent this long is broken")
+    zstd_level: int = Field(default=3, ge=0, le=19,
+                            description="stream: zstd level; 0 sends uncompressed")
+    # rsync_ssh: the target logs into the source with these; the paths are on the target.
+    ssh_user: str = Field(default="root", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    ssh_port: int | None = Field(default=None, ge=1, le=65535)
+    ssh_identity_file: str | None = Field(default=None, pattern=r"^/[^\s'\"\\]+$")
+    ssh_known_hosts: str | None = Field(default=None, pattern=r"^/[^\s'\"\\]+$")
+    ssh_options: tuple[str, ...] = Field(default=(), description="extra `ssh -o` options")
 
     @field_validator("port_range")
     @classmethod
@@ -75,6 +91,14 @@ class TransferConfig(_Strict):
         low, high = value
         if not 1024 <= low <= high <= 65535:
             raise ValueError("must be [low, high] with 1024 <= low <= high <= 65535")
+        return value
+
+    @field_validator("ssh_options")
+    @classmethod
+    def _plain_options(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for option in value:
+            if not option or any(c in option for c in " \t\n'\"\\"):
+                raise ValueError(f"'{option}' must be one Key=Value without spaces or quotes")
         return value
 
 
@@ -136,8 +160,9 @@ class Config(_Strict):
             return self.servers[name]
         except KeyError:
             known = ", ".join(sorted(self.servers))
-            raise RefusedError(f"unknown server '{name}'",
-                               hint=f"servers in {self.source_path}: {known}") from None
+            raise RefusedError(f"unknown server '{name}': {self.source_path} has no "
+                               f"servers.{name} section",
+                               hint=f"the servers it defines: {known}") from None
 
     def journal_path(self) -> str:
         if self.journal.path:
@@ -149,6 +174,50 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys a table at ``loc`` may hold, found by walking the models' annotations."""
+    model: Any = Config
+    for part in loc:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(str(part))
+            if field is None:
+                return []
+            model = field.annotation
+        elif get_origin(model) is dict:
+            model = get_args(model)[1]
+        else:
+            return []
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return [key for key in model.model_fields if key != "source_path"]
+    return []
+
+
+def _unknown_key_message(loc: tuple[int | str, ...]) -> str:
+    """A typo is the usual cause, so name the key that was probably meant."""
+    known = _keys_at(loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key (typo? did you mean '{close[0]}'?)"
+    if known:
+        return f"unknown key (typo?); keys allowed here: {', '.join(known)}"
+    return "unknown key (typo?)"
+
+
+def _shown_input(value: Any) -> str:
+    """The offending value, when it is a short scalar that can safely be echoed back."""
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= 60):
+        return f" (got {value!r})"
+    return ""
+
+
+def _describe(err: ErrorDetails) -> str:
+    if err["type"] == "extra_forbidden":
+        return _unknown_key_message(tuple(err["loc"]))
+    if err["type"] == "missing":
+        return "required key is missing"
+    return f"{err['msg']}{_shown_input(err.get('input'))}"
+
+
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file; every problem becomes a ConfigError naming the key."""
     file = Path(path)
@@ -156,7 +225,8 @@ def load(path: str | os.PathLike[str]) -> Config:
         raw = tomllib.loads(file.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {file} does not exist",
-                          hint="`hotcopy sandbox up --dir DIR` writes a ready example") from None
+                          hint="check --config (or HOTCOPY_CONFIG); `hotcopy sandbox up --dir "
+                               "DIR` writes a ready example") from None
     except PermissionError:
         raise ConfigError(f"config file {file} is not readable") from None
     except tomllib.TOMLDecodeError as exc:
@@ -165,16 +235,10 @@ def load(path: str | os.PathLike[str]) -> Config:
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            key = _format_location(tuple(err["loc"])) or "(top level)"
-            message = err["msg"]
-            if err["type"] == "extra_forbidden":
-                message = "unknown key (typo?)"
-            elif err["type"] == "missing":
-                message = "required key is missing"
-            lines.append(f"  {key}: {message}")
-        raise ConfigError(f"{file} is invalid:\n" + "\n".join(lines)) from None
+        lines = [f"  {_format_location(tuple(err['loc'])) or '(top level)'}: {_describe(err)}"
+                 for err in exc.errors()]
+        raise ConfigError(f"{file} is invalid:\n" + "\n".join(lines),
+                          hint="fix the keys named above; nothing was changed") from None
     _check_option_files(config)
     return config
 
@@ -188,8 +252,9 @@ def _check_option_files(config: Config) -> None:
         try:
             mode = os.stat(name).st_mode
         except FileNotFoundError:
-            raise ConfigError(f"{key}: {name} does not exist",
-                              hint="it must hold a [client] group with user= and password=",
+            raise ConfigError(f"{key} in {config.source_path}: {name} does not exist",
+                              hint="point it at an option file (mode 0600) whose client group "
+                                   "sets user= and password=, as for the mariadb client",
                               ) from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("%s: %s holds a password and is readable by group/others "
