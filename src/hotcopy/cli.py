@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hotcopy import config as config_module
@@ -22,7 +23,7 @@ from hotcopy.saga import SqliteJournal
 
 log = logging.getLogger(__name__)
 
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 out_console = Console(highlight=False)
 
 CONFIG_OPTION = click.option(
@@ -33,9 +34,9 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True,
 
 
 def _fail(error: HotcopyError) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {error.message}")
+    err_console.print(f"[bold red]error:[/] {escape(error.message)}")
     if error.hint:
-        err_console.print(f"[dim]hint: {error.hint}[/]")
+        err_console.print(f"[dim]hint: {escape(error.hint)}[/]")
     sys.exit(int(error.exit_code))
 
 
@@ -206,6 +207,45 @@ def show(config_path: str, job_id: str, as_json: bool) -> None:
     _guard(run)
 
 
+@cli.command()
+@CONFIG_OPTION
+@click.argument("names", nargs=-1, metavar="[NAME ...]")
+@click.option("--fix", is_flag=True,
+              help="Apply the safe online fixes (ALTER ... ENGINE=InnoDB, SET GLOBAL/PERSIST, "
+                   "GTID positioning), then audit again; never skips a replication event.")
+@JSON_OPTION
+def audit(config_path: str, names: tuple[str, ...], fix: bool, as_json: bool) -> None:
+    """Check that replicas are crash-safe: severity, why it matters, the exact fix.
+
+    \b
+    Audits every server of the config, or the NAMEs given. Exit codes: 0 no problem,
+    1 problems found (or left after --fix; fixes that need a restart are listed with
+    their config lines), 2 bad input (unknown name, invalid config).
+
+    \b
+    Example:
+      hotcopy audit --config shard1.toml
+      hotcopy audit --config shard1.toml db3 --fix
+    """
+    from hotcopy.workflows import audit as workflow
+
+    def run() -> None:
+        config, _ = _open(config_path)
+        runtime = Runtime(config)
+        try:
+            report = workflow.run(runtime, list(names), fix=fix)
+        finally:
+            runtime.close()
+        if as_json:
+            click.echo(json.dumps(report, indent=2, default=str))
+        else:
+            for line in workflow.render(report):
+                out_console.print(line)
+        sys.exit(report["exit_code"])
+
+    _guard(run)
+
+
 @cli.group()
 def sandbox() -> None:
     """A real local shard (MariaDB master + 2 replicas on btrfs) for trying hotcopy."""
@@ -218,12 +258,17 @@ def sandbox() -> None:
               type=click.Choice(["btrfs", "plain"]),
               help="What the datadirs live on; 'plain' cannot be snapshotted (to see the "
                    "refusal).")
-def sandbox_up(directory: str, replicas: int, filesystem: str) -> None:
+@click.option("--topology", default="local", show_default=True,
+              type=click.Choice(["local", "netns"]),
+              help="'local': every server on loopback here; 'netns': every server a host "
+                   "of its own (network namespace, 198.18.x address, sshd), reached over ssh.")
+def sandbox_up(directory: str, replicas: int, filesystem: str, topology: str) -> None:
     """Create and start the shard in DIR; writes DIR/hotcopy.toml."""
     from hotcopy import sandbox as sb
 
     def run() -> None:
-        info = sb.up(Path(directory), replicas=replicas, filesystem=filesystem)
+        info = sb.up(Path(directory), replicas=replicas, filesystem=filesystem,
+                     topology=topology)
         state = "was already up" if info.already_up else "is up"
         err_console.print(f"sandbox {state}: {', '.join(info.servers)}; "
                           f"config: {info.config_path}")
@@ -295,8 +340,8 @@ def _render_plan(plan: dict[str, Any], steps: list[Any], as_json: bool) -> None:
                           f"{human_bytes(facts.get('target_free_bytes', 0))}")
     for finding in plan["findings"]:
         colour = {"error": "red", "warning": "yellow"}.get(finding["severity"], "dim")
-        hint = f" [dim](hint: {finding['hint']})[/]" if finding.get("hint") else ""
-        err_console.print(f"[{colour}]{finding['severity']}[/]: {finding['message']}{hint}")
+        hint = f" [dim](hint: {escape(finding['hint'])})[/]" if finding.get("hint") else ""
+        err_console.print(f"[{colour}]{finding['severity']}[/]: {escape(finding['message'])}{hint}")
     if not plan["findings"]:
         err_console.print("[green]preflight: no problems found[/]")
 
@@ -314,7 +359,8 @@ def _render_report(report: dict[str, Any]) -> None:
         out_console.print("[bold red]outstanding undo (run `hotcopy rollback "
                           f"{report['job']}`):[/]")
         for entry in report["outstanding_undo"]:
-            out_console.print(f"  - {entry['label']} [{entry['state']}] {entry['error'] or ''}")
+            line = f"  - {entry['label']} [{entry['state']}] {entry['error'] or ''}"
+            out_console.print(escape(line))
 
 
 def _render_impact(report: dict[str, Any]) -> None:
@@ -337,13 +383,13 @@ def _finish(report: dict[str, Any], code: ExitCode, error: HotcopyError | None,
     if as_json:
         click.echo(json.dumps({**report, "exit_code": int(code)}, indent=2, default=str))
         if error is not None:
-            err_console.print(f"[bold red]{report['job']}: {error}[/]")
+            err_console.print(f"[bold red]{report['job']}: {escape(str(error))}[/]")
     elif code == ExitCode.REFUSED and error is not None:
         _fail(error)
     else:
         _render_report(report)
         if error is not None:
-            err_console.print(f"[bold red]{report['job']}: {error.message}[/]")
+            err_console.print(f"[bold red]{report['job']}: {escape(error.message)}[/]")
             if code == ExitCode.FAILED_ROLLED_BACK:
                 err_console.print("[yellow]everything this job changed was undone[/]")
             elif code == ExitCode.ROLLBACK_INCOMPLETE:

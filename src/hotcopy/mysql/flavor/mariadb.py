@@ -2,14 +2,38 @@
 
 BACKUP STAGE BLOCK_COMMIT is the lightest lock that makes a filesystem snapshot
 consistent for every engine: it blocks only commits (and DDL), not reads, and on a
-replica whose SQL thread is stopped it usually blocks nothing at all.
+replica whose SQL thread is stopped it usually blocks nothing at all. It exists from
+10.4.1; older servers get FLUSH TABLES WITH READ LOCK.
+
+A MariaDB replica is crash-safe when ``mysql.gtid_slave_pos`` (where the SQL thread
+records each GTID it applies, inside the applied transaction) is transactional and it
+replicates by GTID. The statements kept the SLAVE/MASTER words, which every 10.x and
+11.x release accepts; named connections (multi-source) are string literals, so they
+travel as parameters.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hotcopy.mysql.flavor.base import Coordinates, LockStage, ReplicaStatus, Statement
+from hotcopy.mysql.flavor.base import (
+    Coordinates,
+    LockStage,
+    ReplicaStatus,
+    Statement,
+    checked_variable,
+)
+
+#: Variables mariadbd accepts only at startup (a fallback: the audit asks the server's
+#: information_schema.SYSTEM_VARIABLES, which knows better).
+_STATIC = frozenset({"log_bin", "log_slave_updates"})
+_DYNAMIC = frozenset({"sync_binlog", "innodb_flush_log_at_trx_commit", "binlog_format",
+                      "gtid_strict_mode", "relay_log_recovery", "slave_parallel_threads",
+                      "slave_parallel_mode", "gtid_pos_auto_engines"})
+#: Other dialects' spellings of the same settings.
+_ALIASES = {"slave_parallel_workers": "slave_parallel_threads",
+            "replica_parallel_workers": "slave_parallel_threads",
+            "log_replica_updates": "log_slave_updates"}
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -24,17 +48,25 @@ class MariaDB:
     def __init__(self, version: tuple[int, int, int]) -> None:
         self.version = version
 
-    def stop_sql_thread(self) -> Statement:
-        return ("STOP SLAVE SQL_THREAD", ())
+    @staticmethod
+    def _on(verb: str, channel: str, rest: str = "") -> Statement:
+        """``STOP SLAVE 'conn' SQL_THREAD``: a named connection goes between the words."""
+        tail = f" {rest}" if rest else ""
+        if channel:
+            return (f"{verb} %s{tail}", (channel,))
+        return (f"{verb}{tail}", ())
 
-    def start_sql_thread(self) -> Statement:
-        return ("START SLAVE SQL_THREAD", ())
+    def stop_sql_thread(self, channel: str = "") -> Statement:
+        return self._on("STOP SLAVE", channel, "SQL_THREAD")
 
-    def start_replica(self) -> Statement:
-        return ("START SLAVE", ())
+    def start_sql_thread(self, channel: str = "") -> Statement:
+        return self._on("START SLAVE", channel, "SQL_THREAD")
 
-    def stop_replica(self) -> Statement:
-        return ("STOP SLAVE", ())
+    def start_replica(self, channel: str = "") -> Statement:
+        return self._on("START SLAVE", channel)
+
+    def stop_replica(self, channel: str = "") -> Statement:
+        return self._on("STOP SLAVE", channel)
 
     def reset_replica_all(self) -> Statement:
         return ("RESET SLAVE ALL", ())
@@ -58,9 +90,14 @@ class MariaDB:
             last_sql_errno=_int(row.get("Last_SQL_Errno")),
             using_gtid=str(row.get("Using_Gtid") or "No"),
             channel=str(row.get("Connection_name") or ""),
+            relay_log_file=str(row.get("Relay_Log_File") or ""),
+            relay_log_pos=_int(row.get("Relay_Log_Pos")),
         )
 
     def lock_ladder(self) -> list[LockStage]:
+        if self.version < (10, 4, 1):
+            return [LockStage("flush_tables_read_lock", "FLUSH TABLES WITH READ LOCK",
+                              blocks_writes=True)]
         return [
             LockStage("backup_start", "BACKUP STAGE START", blocks_writes=False),
             LockStage("backup_flush", "BACKUP STAGE FLUSH", blocks_writes=False),
@@ -69,6 +106,8 @@ class MariaDB:
         ]
 
     def unlock(self) -> list[Statement]:
+        if self.version < (10, 4, 1):
+            return [("UNLOCK TABLES", ())]
         return [("BACKUP STAGE END", ())]
 
     def flush_engine_logs(self) -> Statement:
@@ -109,3 +148,72 @@ class MariaDB:
     def binlog_dump_threads(self) -> Statement:
         return ("SELECT ID, USER, HOST FROM information_schema.PROCESSLIST "
                 "WHERE COMMAND IN ('Binlog Dump', 'Binlog Dump GTID')", ())
+
+    # -- crash safety (the audit) and the rest of the dialect ------------------------
+
+    def variable_name(self, generic: str) -> str:
+        return _ALIASES.get(generic, generic)
+
+    def set_variable(self, variable: str, value: Any) -> Statement:
+        """SET GLOBAL: MariaDB has no SET PERSIST, so the audit also gives the cnf line."""
+        return (f"SET GLOBAL {checked_variable(variable)} = %s", (value,))
+
+    def persist_only(self, variable: str, value: Any) -> Statement | None:
+        return None
+
+    @property
+    def persists_settings(self) -> bool:
+        return False
+
+    def is_dynamic(self, variable: str) -> bool | None:
+        if variable in _STATIC:
+            return False
+        return True if variable in _DYNAMIC else None
+
+    def variable_info(self) -> Statement | None:
+        return ("SELECT LOWER(VARIABLE_NAME) AS name, READ_ONLY AS read_only "
+                "FROM information_schema.SYSTEM_VARIABLES", ())
+
+    def persisted_variables(self) -> Statement | None:
+        return None
+
+    def position_tables(self) -> list[str]:
+        return ["gtid_slave_pos"]
+
+    def position_table_prefix(self) -> str | None:
+        """``gtid_pos_auto_engines`` adds one gtid_slave_pos_<engine> table per engine."""
+        return "gtid_slave_pos_"
+
+    def use_gtid_positioning(self, channel: str = "") -> Statement:
+        if channel:
+            return ("CHANGE MASTER %s TO MASTER_USE_GTID = slave_pos", (channel,))
+        return ("CHANGE MASTER TO MASTER_USE_GTID = slave_pos", ())
+
+    def binlog_gtid_pos(self, log_file: str, log_pos: int) -> Statement | None:
+        """On the master: the GTID state at a binlog file/position (a replica's old position)."""
+        return ("SELECT BINLOG_GTID_POS(%s, %s) AS gtid", (log_file, int(log_pos)))
+
+    def binlog_status(self) -> Statement:
+        return ("SHOW MASTER STATUS", ())
+
+    def replica_hosts(self) -> Statement:
+        return ("SHOW SLAVE HOSTS", ())
+
+    def log_status(self) -> Statement | None:
+        return None
+
+    def binlog_decoder(self) -> str:
+        return "mariadb-binlog" if self.version >= (10, 5, 2) else "mysqlbinlog"
+
+    def decode_relay_log(self, path: str, start: int) -> list[str]:
+        """Row events as commented pseudo-SQL with column types (-vv)."""
+        return [self.binlog_decoder(), "--verbose", "--verbose", "--base64-output=decode-rows",
+                f"--start-position={int(start)}", path]
+
+    def mark_transaction_applied(self, gtid: str, current: str) -> list[Statement]:
+        """Move the position past one GTID of its domain; only after checking the data."""
+        domain = gtid.split("-", 1)[0]
+        kept = [p for p in current.split(",") if p.strip() and p.split("-", 1)[0] != domain]
+        position = ",".join([*kept, gtid])
+        return [self.stop_replica(), ("SET GLOBAL gtid_slave_pos = %s", (position,)),
+                self.start_replica()]

@@ -1,15 +1,45 @@
 """MySQL 5.7, 8.0 and 8.4: the statement and column names changed in 8.0.22/8.0.23.
 
 8.4 removed the SLAVE/MASTER spellings, so the flavor picks by version rather than
-always using the old words. MySQL servers are not run in tests here: this dialect is
-checked against recorded status output and the documented syntax.
+always using the old words: SHOW REPLICA STATUS and START/STOP REPLICA from 8.0.22,
+CHANGE REPLICATION SOURCE TO and the Source_* columns from 8.0.23, the replica_*
+variable names from 8.0.26, SHOW BINARY LOG STATUS from 8.2. MySQL servers are not run
+in tests here: this dialect is checked against recorded status output and the
+documented syntax.
+
+A MySQL replica is crash-safe when its applier position lives in InnoDB tables
+(relay_log_info_repository=TABLE, the default from 8.0), relay_log_recovery is on and,
+with parallel workers, commits keep the source's order; GTID auto-positioning makes
+the restart independent of relay log coordinates.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hotcopy.mysql.flavor.base import Coordinates, LockStage, ReplicaStatus, Statement
+from hotcopy.mysql.flavor.base import (
+    Coordinates,
+    LockStage,
+    ReplicaStatus,
+    Statement,
+    checked_variable,
+)
+
+#: 8.0.26 renamed these; the old names became deprecated aliases.
+_RENAMED_8026 = {"log_slave_updates": "log_replica_updates",
+                 "slave_parallel_workers": "replica_parallel_workers",
+                 "slave_preserve_commit_order": "replica_preserve_commit_order",
+                 "slave_parallel_type": "replica_parallel_type",
+                 "sync_master_info": "sync_source_info"}
+_OLD_NAMES = {new: old for old, new in _RENAMED_8026.items()}
+_STATIC = frozenset({"relay_log_recovery", "log_bin", "log_slave_updates",
+                     "log_replica_updates"})
+_DYNAMIC = frozenset({"sync_binlog", "innodb_flush_log_at_trx_commit", "binlog_format",
+                      "relay_log_info_repository", "master_info_repository",
+                      "slave_parallel_workers", "replica_parallel_workers",
+                      "slave_preserve_commit_order", "replica_preserve_commit_order",
+                      "slave_parallel_type", "replica_parallel_type", "gtid_mode",
+                      "enforce_gtid_consistency"})
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -35,17 +65,23 @@ class MySQL:
     def _replica(self) -> str:
         return "REPLICA" if self._replica_words else "SLAVE"
 
-    def stop_sql_thread(self) -> Statement:
-        return (f"STOP {self._replica()} SQL_THREAD", ())
+    @staticmethod
+    def _for_channel(sql: str, channel: str) -> Statement:
+        if channel:
+            return (f"{sql} FOR CHANNEL %s", (channel,))
+        return (sql, ())
 
-    def start_sql_thread(self) -> Statement:
-        return (f"START {self._replica()} SQL_THREAD", ())
+    def stop_sql_thread(self, channel: str = "") -> Statement:
+        return self._for_channel(f"STOP {self._replica()} SQL_THREAD", channel)
 
-    def start_replica(self) -> Statement:
-        return (f"START {self._replica()}", ())
+    def start_sql_thread(self, channel: str = "") -> Statement:
+        return self._for_channel(f"START {self._replica()} SQL_THREAD", channel)
 
-    def stop_replica(self) -> Statement:
-        return (f"STOP {self._replica()}", ())
+    def start_replica(self, channel: str = "") -> Statement:
+        return self._for_channel(f"START {self._replica()}", channel)
+
+    def stop_replica(self, channel: str = "") -> Statement:
+        return self._for_channel(f"STOP {self._replica()}", channel)
 
     def reset_replica_all(self) -> Statement:
         return (f"RESET {self._replica()} ALL", ())
@@ -73,6 +109,8 @@ class MySQL:
             last_sql_errno=_int(row.get("Last_SQL_Errno")),
             using_gtid="Yes" if str(auto) == "1" else "No",
             channel=str(row.get("Channel_Name") or ""),
+            relay_log_file=str(row.get("Relay_Log_File") or ""),
+            relay_log_pos=_int(row.get("Relay_Log_Pos")),
         )
 
     def lock_ladder(self) -> list[LockStage]:
@@ -136,3 +174,83 @@ class MySQL:
     def binlog_dump_threads(self) -> Statement:
         return ("SELECT ID, USER, HOST FROM information_schema.PROCESSLIST "
                 "WHERE COMMAND IN ('Binlog Dump', 'Binlog Dump GTID')", ())
+
+    # -- crash safety (the audit) and the rest of the dialect ------------------------
+
+    def variable_name(self, generic: str) -> str:
+        if self.version >= (8, 0, 26):
+            return _RENAMED_8026.get(generic, generic)
+        return _OLD_NAMES.get(generic, generic)
+
+    def set_variable(self, variable: str, value: Any) -> Statement:
+        """SET PERSIST from 8.0: the change survives a restart (mysqld-auto.cnf)."""
+        verb = "SET PERSIST" if self.persists_settings else "SET GLOBAL"
+        return (f"{verb} {checked_variable(variable)} = %s", (value,))
+
+    def persist_only(self, variable: str, value: Any) -> Statement | None:
+        """For read-only variables: recorded now, in effect at the next start."""
+        if not self.persists_settings:
+            return None
+        return (f"SET PERSIST_ONLY {checked_variable(variable)} = %s", (value,))
+
+    @property
+    def persists_settings(self) -> bool:
+        return self.version >= (8, 0, 0)
+
+    def is_dynamic(self, variable: str) -> bool | None:
+        if variable in _STATIC:
+            return False
+        return True if variable in _DYNAMIC else None
+
+    def variable_info(self) -> Statement | None:
+        return None
+
+    def persisted_variables(self) -> Statement | None:
+        if not self.persists_settings:
+            return None
+        return ("SELECT VARIABLE_NAME AS name, VARIABLE_VALUE AS value "
+                "FROM performance_schema.persisted_variables", ())
+
+    def position_tables(self) -> list[str]:
+        """The applier/connection metadata tables; 8.4 kept these names."""
+        return ["slave_master_info", "slave_relay_log_info", "slave_worker_info"]
+
+    def position_table_prefix(self) -> str | None:
+        return None
+
+    def use_gtid_positioning(self, channel: str = "") -> Statement:
+        if self._source_words:
+            return self._for_channel(
+                "CHANGE REPLICATION SOURCE TO SOURCE_AUTO_POSITION = 1", channel)
+        return self._for_channel("CHANGE MASTER TO MASTER_AUTO_POSITION = 1", channel)
+
+    def binlog_gtid_pos(self, log_file: str, log_pos: int) -> Statement | None:
+        return None
+
+    def binlog_status(self) -> Statement:
+        if self.version >= (8, 2, 0):
+            return ("SHOW BINARY LOG STATUS", ())
+        return ("SHOW MASTER STATUS", ())
+
+    def replica_hosts(self) -> Statement:
+        return ("SHOW REPLICAS", ()) if self._replica_words else ("SHOW SLAVE HOSTS", ())
+
+    def log_status(self) -> Statement | None:
+        """Coordinates of every log at one instant, under LOCK INSTANCE FOR BACKUP."""
+        if self.version < (8, 0, 17):
+            return None
+        return ("SELECT SERVER_UUID, LOCAL, REPLICATION, STORAGE_ENGINES "
+                "FROM performance_schema.log_status", ())
+
+    def binlog_decoder(self) -> str:
+        return "mysqlbinlog"
+
+    def decode_relay_log(self, path: str, start: int) -> list[str]:
+        return [self.binlog_decoder(), "--verbose", "--verbose", "--base64-output=DECODE-ROWS",
+                f"--start-position={int(start)}", path]
+
+    def mark_transaction_applied(self, gtid: str, current: str) -> list[Statement]:
+        """The documented way past one GTID: commit an empty transaction under its name."""
+        return [self.stop_replica(), ("SET SESSION GTID_NEXT = %s", (gtid,)), ("BEGIN", ()),
+                ("COMMIT", ()), ("SET SESSION GTID_NEXT = 'AUTOMATIC'", ()),
+                self.start_replica()]
