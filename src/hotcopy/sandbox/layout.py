@@ -24,6 +24,11 @@ MASTER = "master"
 ADMIN_USER = "hotcopy"
 REPL_USER = "repl"
 HOST = "127.0.0.1"
+#: topology "netns": the client key, known_hosts and every host's sshd live below DIR/ssh.
+SSH_DIR = "ssh"
+CLIENT_KEY = "id_ed25519"
+KNOWN_HOSTS = "known_hosts"
+TOPOLOGIES = ("local", "netns")
 STATE_VERSION = 1
 
 #: Paths end up unquoted in my.cnf and in TOML; keep them boring.
@@ -37,6 +42,10 @@ class ServerSpec:
     server_id: int
     port: int
     filesystem: str = "btrfs"  # btrfs | plain (| zfs): what the datadir lives on
+    # Topology "netns": the host's address, network namespace and bridge-side veth.
+    address: str = HOST
+    netns: str | None = None
+    veth: str | None = None
 
 
 @dataclass
@@ -49,6 +58,9 @@ class SandboxState:
     version: int = STATE_VERSION
     created_at: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    topology: str = "local"  # local | netns (every server a host of its own)
+    bridge: str | None = None
+    subnet: int | None = None
 
     @property
     def master(self) -> ServerSpec:
@@ -143,11 +155,12 @@ def render_my_cnf(paths: ServerPaths, spec: ServerSpec) -> str:
         "user = mysql",
         f"server_id = {spec.server_id}",
         f"port = {spec.port}",
-        f"bind-address = {HOST}",
+        f"bind-address = {spec.address}",
         f"datadir = {paths.datadir}",
         f"socket = {paths.socket}",
         f"pid-file = {paths.pid_file}",
         f"log-error = {paths.error_log}",
+        f"tmpdir = {paths.run}",  # never a /tmp shared with other servers and their tests
         "# binlogs inside the datadir on purpose: hotcopy must leave them behind",
         "log-bin = mysql-bin",
         "relay-log = relay-bin",
@@ -159,7 +172,7 @@ def render_my_cnf(paths: ServerPaths, spec: ServerSpec) -> str:
         "innodb_flush_log_at_trx_commit = 1",
         "sync_binlog = 1",
         "skip-name-resolve",
-        f"report_host = {HOST}",
+        f"report_host = {spec.address}",
         f"report_port = {spec.port}",
     ]
     if spec.role == "replica":
@@ -194,14 +207,23 @@ def render_config(directory: Path, state: SandboxState) -> str:
         "[journal]",
         f"path = {_toml_str(directory / JOURNAL_FILE)}",
     ]
+    if state.topology == "netns":
+        # Every host is reached over the network, as in production: key-only ssh with
+        # strict host key checking against the sandbox's own known_hosts.
+        lines += [
+            "",
+            "[ssh]",
+            f"known_hosts = {_toml_str(directory / SSH_DIR / KNOWN_HOSTS)}",
+            f"identity_file = {_toml_str(directory / SSH_DIR / CLIENT_KEY)}",
+        ]
     for spec in state.servers:
         paths = server_paths(directory, spec.name)
         lines += [
             "",
             f"[servers.{spec.name}]",
-            f"host = {_toml_str(HOST)}",
+            f"host = {_toml_str(spec.address)}",
             f"port = {spec.port}",
-            'ssh = "local"',
+            f"ssh = {_toml_str('local' if spec.netns is None else 'root@' + spec.address)}",
             f"datadir = {_toml_str(paths.datadir)}",
             f"defaults_file = {_toml_str(paths.cnf)}",
             'snapshot = "auto"',

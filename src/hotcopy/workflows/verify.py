@@ -17,7 +17,6 @@ from hotcopy.mysql import replication
 from hotcopy.mysql.checksum import differing_tables, list_tables, table_checksums
 from hotcopy.mysql.server import Server
 from hotcopy.workflows.runner import StepContext
-from hotcopy.workflows.target_steps import master_server
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +44,20 @@ def verify(ctx: StepContext) -> dict[str, Any]:
         return {"verified": "catchup", "_detail": f"caught up; checksums skipped ({why})"}
     source = ctx.runtime.server(ctx.params["source"])
     target = ctx.runtime.server(ctx.params["target"])
-    master = master_server(ctx)
-    goal = str(master.scalar(master.flavor.master_gtid_position()))
     started = time.time()
     for server in (source, target):
         ctx.push("mysql.start_replica", {"server": server.name})
         server.execute(server.flavor.stop_replica())
-        server.execute(server.flavor.start_replica_until(goal))
+    # Both are stopped now; the one behind runs on to exactly where the other stands.
+    # (A goal read from the master before stopping could already lie behind one of
+    # them, and the two would then be compared at different points.)
+    flavor = source.flavor
+    positions = {s.name: flavor.furthest_gtid_position(
+        [str(s.scalar(s.flavor.replica_gtid_position()) or "")]) for s in (source, target)}
+    goal = flavor.furthest_gtid_position(list(positions.values()))
+    for server in (source, target):
+        if positions[server.name] != goal:
+            server.execute(server.flavor.start_replica_until(goal))
     deadline = time.monotonic() + config.catchup_timeout_s
     for server in (source, target):
         _stop_at(server, goal, deadline)

@@ -116,6 +116,20 @@ class MariaDB:
     def gtid_variable(self) -> str:
         return "gtid_slave_pos"
 
+    def furthest_gtid_position(self, positions: list[str]) -> str:
+        """Per replication domain, the GTID with the highest sequence number.
+
+        Under gtid_strict_mode sequence numbers only grow within a domain, so the
+        highest one is the furthest point, whichever server id wrote it.
+        """
+        best: dict[int, tuple[int, int]] = {}
+        for position in positions:
+            for item in filter(None, (part.strip() for part in position.split(","))):
+                domain, server_id, seq = (int(x) for x in item.split("-"))
+                if domain not in best or seq > best[domain][1]:
+                    best[domain] = (server_id, seq)
+        return ",".join(f"{d}-{s}-{n}" for d, (s, n) in sorted(best.items()))
+
     def gtid_position(self) -> Statement:
         return ("SELECT @@GLOBAL.gtid_slave_pos AS gtid", ())
 

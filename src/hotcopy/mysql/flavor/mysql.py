@@ -135,6 +135,10 @@ class MySQL:
     def gtid_variable(self) -> str:
         return "gtid_executed"
 
+    def furthest_gtid_position(self, positions: list[str]) -> str:
+        """The union of GTID sets: a comma-joined list is a valid (overlapping) set."""
+        return ",".join(p.replace("\n", "").strip() for p in positions if p.strip())
+
     def gtid_position(self) -> Statement:
         return ("SELECT @@GLOBAL.gtid_executed AS gtid", ())
 
