@@ -49,6 +49,7 @@ def job_report(journal: Journal, job_id: str) -> dict[str, Any]:
     report["snapshot"] = outputs.get("snapshot")
     report["verified"] = outputs.get("verified")
     report["tables_checked"] = outputs.get("tables_checked")
+    report["audit"] = outputs.get("audit")
     report["steps"] = step_rows
     report["undo"] = undo
     report["outstanding_undo"] = [u for u in undo if u["state"] in ("pending", "failed")]
