@@ -51,14 +51,42 @@ def _lock_job(ctx: StepContext) -> dict[str, Any]:
     return {}
 
 
+def _crash_safety(ctx: StepContext) -> dict[str, Any]:
+    """The new replica must survive its own crash: fix what can be fixed online, report."""
+    from hotcopy.workflows.audit import audit_after_clone
+
+    report = audit_after_clone(ctx.runtime, ctx.params["target"])
+    fixed = report.get("fixed") or []
+    verdict = "crash-safe" if report.get("crash_safe") else "NOT crash-safe"
+    if not report.get("crash_safe"):
+        ctx.reporter.warning(f"{ctx.params['target']} is not crash-safe: see `hotcopy show` "
+                             "or `hotcopy audit`")
+    return {"audit": report,
+            "_detail": verdict + (f"; fixed: {', '.join(fixed)}" if fixed else "")}
+
+
 def _commit(ctx: StepContext) -> dict[str, Any]:
+    """Commit first, clean up after: the old datadir is what a rollback would restore.
+
+    Removing it before the job is committed would let a crash in between leave a job
+    whose rollback "succeeds" with the target still on the new datadir.
+    """
     old = ctx.state.get("old_datadir")
     target = ctx.params["target"]
     keep = ctx.runtime.config.clone.keep_old_datadir
-    if old and not keep:
+    ctx.tx.commit()
+    if not old or keep:
+        return {"old_datadir_kept": bool(old),
+                "_detail": f"old datadir kept at {old}" if old else "no old datadir"}
+    try:
         files.remove_tree(ctx.runtime.executor(target), old)
-    return {"old_datadir_kept": bool(old and keep),
-            "_detail": f"old datadir kept at {old}" if old and keep else "old datadir removed"}
+    except HotcopyError as exc:
+        # The clone is committed; a failed cleanup must not turn it into a failure.
+        ctx.reporter.warning(f"committed, but the old datadir {old} on {target} could not be "
+                             f"removed ({exc.message}); remove it by hand")
+        return {"old_datadir_kept": True, "old_datadir_left": old,
+                "_detail": f"old datadir left at {old}: remove it by hand"}
+    return {"old_datadir_kept": False, "_detail": "old datadir removed"}
 
 
 STEPS: list[Step] = [
@@ -88,6 +116,7 @@ STEPS: list[Step] = [
          target_steps.change_master),
     Step("catch_up", "wait for the target to catch up", target_steps.catch_up),
     Step("verify", "compare table checksums of source and target", verify.verify),
+    Step("crash_safety", "make the new replica crash-safe and audit it", _crash_safety),
     Step("commit", "commit: remove the old datadir", _commit),
 ]
 
@@ -174,6 +203,10 @@ def _roll_back_after(ctx: StepContext, error: HotcopyError) -> Outcome:
     live_lock = ctx.live.pop("lock", None)
     if live_lock is not None:
         live_lock.conn.close()  # the server drops a session's backup lock with the session
+    if journal.get_job(job_id).state is JobState.COMMITTED:
+        # Past the commit point only cleanup can fail; the clone itself stands.
+        ctx.reporter.warning(f"{error.message} (after the commit: the clone stands)")
+        return Outcome(journal.get_job(job_id), ExitCode.OK, error)
     if not ctx.tx.pending():
         journal.set_job_state(job_id, JobState.FAILED, error=str(error))
         journal.release_locks(job_id)
@@ -189,7 +222,9 @@ def _roll_back_after(ctx: StepContext, error: HotcopyError) -> Outcome:
     job = journal.get_job(job_id)
     if report.complete:
         return Outcome(job, ExitCode.FAILED_ROLLED_BACK, error, report)
-    return Outcome(job, ExitCode.ROLLBACK_INCOMPLETE, error, report)
+    # The operator needs both: why the clone stopped, and exactly what is still owed.
+    incomplete = HotcopyError(f"{error.message}\n{report.describe()}", hint=error.hint)
+    return Outcome(job, ExitCode.ROLLBACK_INCOMPLETE, incomplete, report)
 
 
 def _refuse_if_alive(job: Job) -> None:
