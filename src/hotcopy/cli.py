@@ -255,7 +255,7 @@ def sandbox() -> None:
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
 @click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 8))
 @click.option("--fs", "filesystem", default="btrfs", show_default=True,
-              type=click.Choice(["btrfs", "plain"]),
+              type=click.Choice(["btrfs", "zfs", "plain"]),
               help="What the datadirs live on; 'plain' cannot be snapshotted (to see the "
                    "refusal).")
 @click.option("--topology", default="local", show_default=True,

@@ -29,10 +29,17 @@ def _is_subvolume(executor: Executor, path: str) -> bool:
     return executor.run(["stat", "-c", "%i", path]).stdout.strip() == "256"
 
 
-def make_directory(executor: Executor, path: str, *, mode: int = 0o700) -> None:
-    """Create path (a subvolume when its parent is on btrfs); an existing one is kept."""
+def make_directory(executor: Executor, path: str, *, mode: int = 0o700,
+                   like: str | None = None) -> None:
+    """Create path (a subvolume when its parent is on btrfs, a dataset beside ``like``
+    when that is a ZFS dataset's mountpoint); an existing one is kept."""
     if executor.exists(path):
         return
+    if like is not None:
+        from hotcopy.snapshot import zfs
+
+        if zfs.create_dataset_like(executor, like, path, mode=mode):
+            return
     parent = os.path.dirname(path.rstrip("/"))
     if _fstype(executor, parent) == "btrfs":
         executor.run(["btrfs", "subvolume", "create", path])
@@ -43,6 +50,10 @@ def make_directory(executor: Executor, path: str, *, mode: int = 0o700) -> None:
 
 def remove_tree(executor: Executor, path: str) -> None:
     """Remove path and everything under it; a missing path is fine (idempotent)."""
+    from hotcopy.snapshot import zfs
+
+    if zfs.destroy_dataset_at(executor, path):  # a dataset's mountpoint: rm cannot
+        return
     if not executor.exists(path):
         return
     if _is_subvolume(executor, path):
@@ -52,6 +63,11 @@ def remove_tree(executor: Executor, path: str) -> None:
 
 
 def rename(executor: Executor, source: str, destination: str) -> None:
+    """A dataset's mountpoint cannot be renamed (EBUSY): the dataset is remounted."""
+    from hotcopy.snapshot import zfs
+
+    if zfs.move_dataset_mount(executor, source, destination):
+        return
     executor.run(["mv", "-T", "--", source, destination])
 
 

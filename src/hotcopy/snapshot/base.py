@@ -45,7 +45,14 @@ class SnapshotBackend(Protocol):
         """Decide what to snapshot and where, read-only; RefusedError if it cannot work."""
         ...
 
-    def create(self, executor: Executor, plan: SnapshotPlan) -> None: ...
+    def create_snapshot(self, executor: Executor, plan: SnapshotPlan) -> None:
+        """Only the instant part: it runs while the source holds its backup lock."""
+        ...
+
+    def expose(self, executor: Executor, plan: SnapshotPlan) -> None:
+        """Make the snapshot readable at plan.exposed_datadir (e.g. mount it), after the
+        source was released; idempotent."""
+        ...
 
     def destroy(self, executor: Executor, plan: SnapshotPlan) -> None:
         """Idempotent: a snapshot that is already gone is fine."""

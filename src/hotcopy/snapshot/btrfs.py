@@ -73,8 +73,11 @@ class BtrfsBackend:
         exposed = location if rel == "." else os.path.join(location, rel)
         return SnapshotPlan("btrfs", server, root, location, exposed)
 
-    def create(self, executor: Executor, plan: SnapshotPlan) -> None:
+    def create_snapshot(self, executor: Executor, plan: SnapshotPlan) -> None:
         executor.run(["btrfs", "subvolume", "snapshot", "-r", plan.origin, plan.snapshot])
+
+    def expose(self, executor: Executor, plan: SnapshotPlan) -> None:
+        """A btrfs snapshot is a directory already: nothing to mount."""
 
     def destroy(self, executor: Executor, plan: SnapshotPlan) -> None:
         if executor.exists(plan.snapshot):

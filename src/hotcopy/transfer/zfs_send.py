@@ -6,15 +6,17 @@ the stream must be a one-time token (in 0600 files on both hosts, never in argv 
 journal) before a byte reaches ``zfs recv``. The source sends (``pull``), so the data
 goes from source to target directly; the controller only reads dd's progress lines.
 
-The stream lands in the staging dataset (the target's staging directory must be a
-dataset's mountpoint, see snapshot.zfs.create_dataset_like), with ``zfs recv -F``. When
-the source dataset and the target's current datadir dataset share a snapshot (same
-guid), the staging dataset is first re-made as a clone of that snapshot and promoted,
-and only the difference travels (``zfs send -i``).
+The stream becomes the staging dataset (the target's staging directory must be a
+dataset's mountpoint, see snapshot.zfs.create_dataset_like): a full stream is received
+under that dataset's name after the empty one is destroyed (zfs-fuse often fails a
+forced ``recv -F`` into an existing dataset with "I/O error", never a receive into a new
+name), then mounted at the staging path. When the source dataset and the target's
+current datadir dataset share a snapshot (same guid), the staging dataset is re-made as
+a clone of it and promoted, and only the difference travels (``send -i``, ``recv -F``).
 
 Not resumable: zfs-fuse (pool version 23) has neither ``zfs recv -s`` nor the
-``receive_resume_token`` property, so an interrupted stream is sent again from the
-start by the next attempt. Quirk worth knowing: killing the ``zfs recv`` client does
+``receive_resume_token`` property, so a failed stream is sent again from the start, up
+to ``transfer.retries`` times. Quirk worth knowing: killing the ``zfs recv`` client does
 not stop a zfs-fuse receive (the daemon keeps reading the pipe); the writer end must
 close, which is why ``stop`` ends every process of the job on both hosts (they all carry
 the job's HOTCOPY_TRANSFER marker), socat included.
@@ -43,6 +45,7 @@ from hotcopy.transfer.base import (
     candidate_ports,
     kill_marked,
     marker,
+    retry_delay,
     used_ports,
 )
 from hotcopy.transfer.rsyncd import private_directory
@@ -53,44 +56,51 @@ log = logging.getLogger(__name__)
 TOKEN_BYTES = 16
 TOKEN_LINE = TOKEN_BYTES * 2 + 1  # hex digits and a newline, ahead of the stream
 LISTEN_TIMEOUT_S = 5
-CONNECT_TIMEOUT_S = 20
 _DD_PROGRESS = re.compile(r"^(\d+) bytes\b.*copied, ([\d.]+) s")
 
-# $1 workdir, $2 socat listen address, $3 dataset. The token is compared inside the
-# shell, read from the 0600 file; `read` takes exactly the first line off the pipe.
+# $1 workdir, $2 socat listen address, $3 dataset, $4 "-F" for an incremental stream
+# (into the existing staging clone) or "" for a full one (into a new dataset), $5 the
+# seconds of silence after which the stream counts as broken. The token
+# is compared inside the shell, read from the 0600 file; `read` takes exactly the first
+# line off the pipe. An incremental stream must find its dataset: zfs-fuse would
+# otherwise apply it to whichever dataset holds the base snapshot, the live datadir.
 _LISTENER = r"""
 exec </dev/null >/dev/null 2>&1  # let the starting command return: it waits for EOF
-dir=$1; listen=$2; dataset=$3
+dir=$1; listen=$2; dataset=$3; force=$4; idle=$5
 finish() { echo "$1" > "$dir/status.new" && mv "$dir/status.new" "$dir/status"; }
-socat -u "$listen" STDOUT 2>"$dir/socat.err" | {
+socat -u -T "$idle" "$listen" STDOUT 2>"$dir/socat.err" | {
   IFS= read -r got
   if [ "$got" != "$(cat "$dir/token")" ]; then
     echo "the stream did not start with this job's token" > "$dir/recv.err"
     finish 1
-  elif ! zfs list -H -o name "$dataset" >/dev/null 2>"$dir/recv.err"; then
+  elif [ -n "$force" ] && ! zfs list -H -o name "$dataset" >/dev/null 2>"$dir/recv.err"; then
     finish 1
   else
-    zfs umount "$dataset" 2>/dev/null  # nobody may hold it open while it is overwritten
-    zfs recv -F "$dataset" 2>"$dir/recv.err"
+    [ -n "$force" ] && zfs umount "$dataset" 2>/dev/null  # nobody holds it while overwritten
+    zfs recv $force "$dataset" 2>"$dir/recv.err"
     finish $?
   fi
 }
 """
 
 # $1 workdir, $2 socat connect address, $3 snapshot, $4 incremental base or "",
-# $5 bandwidth limit for pv (KiB/s) or "". dd counts the bytes; its progress goes to
-# fd 3, the controller's pipe.
+# $5 bandwidth limit for pv (KiB/s) or "", $6 idle seconds as above. dd counts the
+# bytes; its progress goes to fd 3, the controller's pipe.
 _SENDER = r"""
 set -o pipefail
-dir=$1; connect=$2; snapshot=$3; base=$4; limit=$5
+dir=$1; connect=$2; snapshot=$3; base=$4; limit=$5; idle=$6
 send() {
   cat "$dir/token" || return
   if [ -n "$base" ]; then zfs send -i "$base" "$snapshot"; else zfs send "$snapshot"; fi
 }
 throttle() { if [ -n "$limit" ]; then pv -q -L "${limit}k"; else cat; fi; }
 { send 2>"$dir/send.err" | throttle | dd bs=1M status=progress 2>&3 \
-    | socat -u STDIN "$connect" 2>"$dir/socat.err"; } 3>&1
+    | socat -u -T "$idle" STDIN "$connect" 2>"$dir/socat.err"; } 3>&1
 """
+
+
+class ReceiveFailed(HotcopyError):
+    pass
 
 
 def _bracket(address: str) -> str:
@@ -104,11 +114,11 @@ def listen_address(address: str, peer: str, port: int) -> str:
             f"range={_bracket(peer)}/{prefix},reuseaddr")
 
 
-def connect_address(address: str, peer: str, port: int) -> str:
+def connect_address(address: str, peer: str, port: int, timeout_s: int) -> str:
     """Bound to the source's own address, the one the listener's range admits."""
     family = "6" if ":" in peer else "4"
     return (f"TCP{family}:{_bracket(address)}:{port},bind={_bracket(peer)},"
-            f"connect-timeout={CONNECT_TIMEOUT_S}")
+            f"connect-timeout={timeout_s}")
 
 
 def source_snapshot(executor: Executor, exposed: str) -> tuple[str, str]:
@@ -120,16 +130,6 @@ def source_snapshot(executor: Executor, exposed: str) -> tuple[str, str]:
     if not snapshot:
         raise HotcopyError(f"{mount.source} on {executor.name} is not a clone of a snapshot")
     return snapshot, os.path.relpath(exposed, mount.target)
-
-
-def staging_dataset(executor: Executor, staging: str) -> str:
-    """The dataset at the staging path, mounted (an aborted receive leaves it unmounted)."""
-    dataset = zfs.dataset_with_mountpoint(executor, staging)
-    if dataset is None:
-        raise HotcopyError(f"{staging} on {executor.name} is not a ZFS dataset's mountpoint")
-    if zfs.dataset_mounted_at(executor, staging) != dataset:
-        executor.run(["zfs", "mount", dataset])
-    return dataset
 
 
 def common_base(source: Executor, snapshot: str, target: Executor,
@@ -170,66 +170,79 @@ class ZfsSend:
         return None
 
     def prepare(self, runtime: Runtime, request: TransferRequest) -> ServerHandle:
+        """Names only; the staging dataset's name goes into the stop undo's parameters."""
         state_dir = runtime.config.transfer.state_dir
+        dataset = zfs.dataset_with_mountpoint(runtime.executor(request.target),
+                                              request.destination)
         return ServerHandle(self.name, request.target, {
             "job_id": request.job_id, "source": request.source, "target": request.target,
             "send_dir": f"{state_dir}/{request.job_id}-zfssend",
             "recv_dir": f"{state_dir}/{request.job_id}-zfsrecv",
-            "staging": request.destination, "port": 0,
+            "staging": request.destination, "dataset": dataset or "", "port": 0,
         })
 
     def serve(self, runtime: Runtime, request: TransferRequest, handle: ServerHandle) -> None:
         source, target = runtime.executor(request.source), runtime.executor(request.target)
+        if not handle.params["dataset"]:
+            raise HotcopyError(f"{request.destination} on {target.name} is not a dataset")
         snapshot, _ = source_snapshot(source, request.source_path)
-        dataset = staging_dataset(target, request.destination)
+        handle.params["snapshot"] = snapshot
+        handle.params["base"] = self._incremental_base(runtime, request, handle) or ""
+        self._arm(runtime, request, handle)
+
+    def _incremental_base(self, runtime: Runtime, request: TransferRequest,
+                          handle: ServerHandle) -> str | None:
+        """Re-make the staging dataset as a clone of a shared snapshot, if there is one."""
+        target = runtime.executor(request.target)
+        dataset = handle.params["dataset"]
+        current = zfs.dataset_mounted_at(target, runtime.config.server(request.target).datadir)
+        shared = None if current is None else common_base(
+            runtime.executor(request.source), handle.params["snapshot"], target, current)
+        if current is None or shared is None:
+            return None
+        source_base, target_base = shared
+        if zfs.origin(target, current) == f"{dataset}@{target_base.partition('@')[2]}":
+            return source_base  # made so before a resume
+        if not zfs.exists(target, dataset) or zfs.origin(target, dataset) != target_base:
+            zfs.destroy_dataset(target, dataset)  # the empty one prepare_target made
+            target.run(["zfs", "clone", "-o", f"mountpoint={request.destination}",
+                        target_base, dataset])
+        # The staging dataset takes the shared snapshot over (the current datadir becomes
+        # its clone), so that the increment can be received into it.
+        target.run(["zfs", "promote", dataset])
+        return source_base
+
+    def _arm(self, runtime: Runtime, request: TransferRequest, handle: ServerHandle) -> None:
+        """A fresh token and listener; for a full stream, no dataset in the way."""
+        target = runtime.executor(request.target)
+        params = handle.params
+        workdir, dataset = params["recv_dir"], params["dataset"]
+        if not params["base"]:
+            zfs.destroy_dataset(target, dataset)
         # Again after a resume: a receive that completed before the crash left its snapshot.
-        zfs.destroy(target, f"{dataset}@{snapshot.partition('@')[2]}")
-        base = self._incremental_base(runtime, request, snapshot, dataset)
-        workdir = handle.params["recv_dir"]
+        zfs.destroy(target, f"{dataset}@{params['snapshot'].partition('@')[2]}")
         private_directory(target, workdir)
         token = secrets.token_hex(TOKEN_BYTES)
         self._tokens[request.job_id] = token
         target.write_file(f"{workdir}/token", (token + "\n").encode())
-        handle.params.update(dataset=dataset, snapshot=snapshot, base=base or "")
         peer = resolve(target, request.source_address)
+        force = "-F" if params["base"] else ""
         for port in candidate_ports(target, runtime.config.transfer.port_range):
             listen = listen_address(request.target_address, peer, port)
-            target.run(["rm", "-f", f"{workdir}/socat.err", f"{workdir}/status"])
             target.run(["env", marker(request.job_id), "setsid", "-f", "sh", "-c", _LISTENER,
-                        "listener", workdir, listen, dataset])
+                        "listener", workdir, listen, dataset, force,
+                        str(runtime.config.transfer.io_timeout_s)])
             if self._listening(target, workdir, port):
-                handle.params["port"] = port
+                params["port"] = port
                 log.info("zfs recv into %s listening on %s:%d%s", dataset,
-                         request.target_address, port, f" (incremental from {base})"
-                         if base else "")
+                         request.target_address, port,
+                         f" (incremental from {params['base']})" if params["base"] else "")
                 return
             kill_marked(target, request.job_id)
+            target.run(["rm", "-f", f"{workdir}/socat.err", f"{workdir}/status"])
         raise HotcopyError(f"could not start a socat listener on {target.name} (ports "
                            f"{runtime.config.transfer.port_range}): "
                            f"{_tail(target, f'{workdir}/socat.err')}")
-
-    def _incremental_base(self, runtime: Runtime, request: TransferRequest, snapshot: str,
-                          staging_dataset: str) -> str | None:
-        """Re-make the staging dataset as a clone of a shared snapshot, if there is one."""
-        target = runtime.executor(request.target)
-        current = zfs.dataset_mounted_at(target, runtime.config.server(request.target).datadir)
-        if current is None:
-            return None
-        shared = common_base(runtime.executor(request.source), snapshot, target, current)
-        if shared is None:
-            return None
-        source_base, target_base = shared
-        promoted = f"{staging_dataset}@{target_base.partition('@')[2]}"
-        if zfs.origin(target, current) == promoted:
-            return source_base  # made so before a resume
-        if zfs.origin(target, staging_dataset) != target_base:
-            zfs.destroy(target, staging_dataset)  # the empty dataset prepare_target made
-            target.run(["zfs", "clone", "-o", f"mountpoint={request.destination}",
-                        target_base, staging_dataset])
-        # The staging dataset takes the shared snapshot over (the current datadir becomes
-        # its clone), so that the increment can be received into it.
-        target.run(["zfs", "promote", staging_dataset])
-        return source_base
 
     def _listening(self, executor: Executor, workdir: str, port: int) -> bool:
         deadline = time.monotonic() + LISTEN_TIMEOUT_S
@@ -243,6 +256,28 @@ class ZfsSend:
 
     def pull(self, runtime: Runtime, request: TransferRequest, handle: ServerHandle,
              on_progress: ProgressCallback) -> TransferResult:
+        """Send, wait for the receive; a failed stream is sent again from the start."""
+        started = time.monotonic()
+        for attempt in range(1, request.retries + 2):
+            try:
+                sent = self._send_once(runtime, request, handle, on_progress)
+                break
+            except ReceiveFailed as exc:
+                if attempt > request.retries:
+                    raise
+                log.warning("%s; sending again from the start (attempt %d of %d)",
+                            exc.message, attempt + 1, request.retries + 1)
+                stop_ends(runtime, handle.params, keep_dataset=True)
+                time.sleep(retry_delay(attempt))
+                self._arm(runtime, request, handle)
+        target = runtime.executor(request.target)
+        self._settle(target, handle.params)
+        files = target.run(["find", request.destination, "-xdev", "-type", "f", "-printf", "."],
+                           timeout=600).stdout
+        return TransferResult(sent, sent, len(files), time.monotonic() - started, attempt)
+
+    def _send_once(self, runtime: Runtime, request: TransferRequest, handle: ServerHandle,
+                   on_progress: ProgressCallback) -> int:
         source, target = runtime.executor(request.source), runtime.executor(request.target)
         params = handle.params
         workdir = params["send_dir"]
@@ -264,25 +299,25 @@ class ZfsSend:
         private_directory(source, workdir)
         try:
             source.write_file(f"{workdir}/token", (token + "\n").encode())
+            settings = runtime.config.transfer
             connect = connect_address(request.target_address,
                                       resolve(target, request.source_address),
-                                      int(params["port"]))
+                                      int(params["port"]), settings.connect_timeout_s)
             result = source.stream(["env", marker(request.job_id), "bash", "-c", _SENDER,
                                     "sender", workdir, connect, params["snapshot"],
-                                    params["base"], str(request.bwlimit_kbps or "")],
+                                    params["base"], str(request.bwlimit_kbps or ""),
+                                    str(settings.io_timeout_s)],
                                    on_line, timeout=request.timeout_s, check=False)
             if not result.ok:
-                raise HotcopyError(
-                    f"zfs send from {source.name} failed (exit {result.returncode}): "
-                    f"{_tail(source, f'{workdir}/send.err')} "
-                    f"{_tail(source, f'{workdir}/socat.err')}".strip())
+                why = " ".join(filter(None, (
+                    _tail(source, f"{workdir}/send.err"), _tail(source, f"{workdir}/socat.err"),
+                    _tail(target, f"{params['recv_dir']}/recv.err"))))
+                raise ReceiveFailed(f"zfs send from {source.name} failed (exit "
+                                    f"{result.returncode}): {why}")
         finally:
             source.run(["rm", "-rf", "--", workdir], check=False)
         self._await_receive(target, request.job_id, params["recv_dir"], request.timeout_s)
-        self._settle(target, params)
-        files = target.run(["find", request.destination, "-xdev", "-type", "f", "-printf", "."],
-                           timeout=600).stdout
-        return TransferResult(sent, sent, len(files), time.monotonic() - started)
+        return sent
 
     def _await_receive(self, target: Executor, job_id: str, workdir: str,
                        timeout_s: float) -> None:
@@ -293,21 +328,22 @@ class ZfsSend:
             if status.ok and status.stdout.strip():
                 if status.stdout.strip() == "0":
                     return
-                raise HotcopyError(f"zfs recv on {target.name} failed: "
-                                   f"{_tail(target, f'{workdir}/recv.err')}")
+                raise ReceiveFailed(f"zfs recv on {target.name} failed: "
+                                    f"{_tail(target, f'{workdir}/recv.err')}")
             if not _listener_alive(target, job_id) and not target.exists(f"{workdir}/status"):
-                raise HotcopyError(f"the zfs recv listener on {target.name} ended without a "
-                                   f"result: {_tail(target, f'{workdir}/socat.err')}")
+                raise ReceiveFailed(f"the zfs recv listener on {target.name} ended without a "
+                                    f"result: {_tail(target, f'{workdir}/socat.err')}")
             time.sleep(0.2)
         raise HotcopyError(f"zfs recv on {target.name} did not finish in {timeout_s:.0f}s")
 
     def _settle(self, target: Executor, params: Mapping[str, Any]) -> None:
-        """Mounted where the staging directory is, without the snapshot that came along."""
-        dataset = params["dataset"]
-        if zfs.dataset_mounted_at(target, params["staging"]) != dataset:
+        """Mounted at the staging path, without the snapshot that came along."""
+        dataset, staging = params["dataset"], params["staging"]
+        if zfs.mountpoint(target, dataset) != staging:
+            target.run(["zfs", "set", f"mountpoint={staging}", dataset])
+        if zfs.dataset_mounted_at(target, staging) != dataset:
             target.run(["zfs", "mount", dataset])
-        received = f"{dataset}@{params['snapshot'].partition('@')[2]}"
-        zfs.destroy(target, received)
+        zfs.destroy(target, f"{dataset}@{params['snapshot'].partition('@')[2]}")
 
     def stop(self, runtime: Runtime, handle: ServerHandle) -> None:
         stop_ends(runtime, handle.params)
@@ -344,17 +380,25 @@ def _listener_alive(executor: Executor, job_id: str) -> bool:
     return executor.run(["sh", "-c", script, "alive", marker(job_id)], check=False).ok
 
 
-def stop_ends(runtime: Runtime, params: Mapping[str, Any]) -> None:
-    """Every process of the job on both ends, then their token directories; idempotent.
+def stop_ends(runtime: Runtime, params: Mapping[str, Any], *,
+              keep_dataset: bool = False) -> None:
+    """Every process of the job on both ends, their token directories, and a received
+    dataset not yet mounted at the staging path; idempotent.
 
     Ending the listener's socat closes the pipe into ``zfs recv``, which is what makes a
-    zfs-fuse daemon abandon a receive; the staging dataset belongs to the staging undo.
+    zfs-fuse daemon abandon a receive. Once mounted at the staging path, the dataset is
+    the staging directory's, and the staging undo removes it.
     """
     for server, workdir in ((params["target"], params["recv_dir"]),
                             (params["source"], params["send_dir"])):
         executor = runtime.executor(server)
         kill_marked(executor, params["job_id"])
         executor.run(["rm", "-rf", "--", workdir])
+    target = runtime.executor(params["target"])
+    dataset = params.get("dataset")
+    if not keep_dataset and dataset and zfs.exists(target, dataset) \
+            and zfs.mountpoint(target, dataset) != params["staging"]:
+        zfs.destroy_dataset(target, dataset)
 
 
 @undo_action("transfer.zfs_send.stop",
