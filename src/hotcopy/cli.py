@@ -108,7 +108,8 @@ def clone(config_path: str, source: str, target: str, dry_run: bool, yes: bool,
         if dry_run or not yes:
             findings = workflow.plan(runtime, journal, source, target)
             runtime.close()
-            _render_plan(findings.as_dict(), workflow.STEPS, as_json)
+            steps = workflow.steps_for(findings.facts.get("pipeline"))
+            _render_plan(findings.as_dict(), steps, as_json)
             if findings.errors:
                 sys.exit(int(ExitCode.REFUSED))
             if dry_run:
@@ -335,8 +336,10 @@ def _render_plan(plan: dict[str, Any], steps: list[Any], as_json: bool) -> None:
     err_console.print(table)
     facts = plan["facts"]
     if "ship_bytes" in facts:
+        how = (f"snapshot: {facts['snapshot_backend']}" if facts.get("snapshot_backend")
+               else f"pipeline: {facts.get('pipeline', 'snapshot')} (no snapshot)")
         err_console.print(f"to ship: {human_bytes(facts['ship_bytes'])} in {facts['ship_files']} "
-                          f"files; snapshot: {facts.get('snapshot_backend')}; target free: "
+                          f"files; {how}; target free: "
                           f"{human_bytes(facts.get('target_free_bytes', 0))}")
     for finding in plan["findings"]:
         colour = {"error": "red", "warning": "yellow"}.get(finding["severity"], "dim")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,9 +24,8 @@ import pytest
 from hotcopy import config as config_module
 from hotcopy.mysql.server import Server
 from hotcopy.saga import SqliteJournal
-from hotcopy.sandbox import SandboxInfo, down, up
+from hotcopy.sandbox import SandboxInfo
 
-from .conftest import new_sandbox_parent
 from .helpers import has_schema, hotcopy, leftovers, mark_local, runtime, wait_for, wait_replicating
 
 MARKER = "refusal_target_marker"
@@ -171,19 +169,6 @@ def shard(sandbox: SandboxInfo) -> Iterator[SandboxInfo]:
         finally:
             session.close()
         rt.close()
-
-
-@pytest.fixture(scope="module")
-def plain_shard() -> Iterator[SandboxInfo]:
-    """A second shard whose datadirs are plain directories: nothing to snapshot."""
-    parent = new_sandbox_parent()
-    try:
-        yield up(parent / "plain", filesystem="plain")
-    finally:
-        try:
-            down(parent / "plain")
-        finally:
-            shutil.rmtree(parent, ignore_errors=True)
 
 
 # -- 1. the config file -------------------------------------------------------------------
@@ -379,10 +364,9 @@ def test_unreachable_server(shard: SandboxInfo, tmp_path: Path, role: str, name:
 # -- 8-9. filesystems -------------------------------------------------------------------
 
 
-def test_datadir_not_on_a_snapshot_capable_filesystem(plain_shard: SandboxInfo) -> None:
-    datadir = plain_shard.datadir("replica1")
-    refuse(plain_shard, "replica1", "replica2", f"source replica1: the datadir {datadir}",
-           "cannot be snapshotted", "btrfs subvolume", marker=False)
+# A datadir on no snapshot-capable filesystem falls back to mariabackup; with neither,
+# the refusal is tested in test_backup_fallback.py
+# (test_refused_when_no_snapshot_and_no_backup_tool).
 
 
 def test_not_enough_free_space_on_the_target(shard: SandboxInfo) -> None:

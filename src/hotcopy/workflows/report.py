@@ -38,6 +38,7 @@ def job_report(journal: Journal, job_id: str) -> dict[str, Any]:
         "state": job.state.value,
         "source": job.params.get("source"),
         "target": job.params.get("target"),
+        "pipeline": job.params.get("pipeline", "snapshot"),
         "created": job.created,
         "updated": job.updated,
         "controller": {"host": job.owner_host, "pid": job.owner_pid},
