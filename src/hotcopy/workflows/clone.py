@@ -23,7 +23,7 @@ from hotcopy.runtime import Runtime
 from hotcopy.saga import Job, JobState, Journal, RollbackReport, Transaction, signals_as_exceptions
 from hotcopy.snapshot import base as snapshot_base
 from hotcopy.transfer import base as transfer_base
-from hotcopy.workflows import preflight, source_steps, target_steps, verify
+from hotcopy.workflows import backup_steps, preflight, source_steps, target_steps, verify
 from hotcopy.workflows.faults import Faults
 from hotcopy.workflows.runner import Step, StepContext, run_steps
 
@@ -41,8 +41,14 @@ def _preflight(ctx: StepContext) -> dict[str, Any]:
             ctx.reporter.warning(finding.message)
     report.raise_if_errors()
     facts = report.facts
+    pipeline = ctx.params.get("pipeline") or "snapshot"
+    if facts.get("pipeline") != pipeline:
+        raise RefusedError(f"this job was started for the {pipeline} pipeline, but the "
+                           f"preflight now finds the {facts.get('pipeline')} one fits the "
+                           f"source's datadir; nothing was changed",
+                           hint="its storage changed meanwhile: clone again")
     return {**facts, "_detail": f"{facts['ship_bytes'] / 1e6:.1f} MB in "
-                                f"{facts['ship_files']} files to ship"}
+                                f"{facts['ship_files']} files to ship; pipeline {pipeline}"}
 
 
 def _lock_job(ctx: StepContext) -> dict[str, Any]:
@@ -121,6 +127,37 @@ STEPS: list[Step] = [
 ]
 
 
+def _shared(first: str, last: str) -> list[Step]:
+    names = [step.name for step in STEPS]
+    return STEPS[names.index(first):names.index(last) + 1]
+
+
+# Without a snapshot: a streamed hot backup, prepared on the target; from stop_target on,
+# the same steps. Listener, stream and prepare redo together on resume (a token and a
+# half-sent stream do not survive a crash, an interrupted prepare is not trusted).
+BACKUP_STEPS: list[Step] = [
+    *_shared("preflight", "lock_job"),
+    Step("prepare_target", "make the staging directory on the target",
+         target_steps.prepare_target),
+    Step("listen", "start the backup stream listener on the target", backup_steps.listen,
+         "backup"),
+    Step("backup_stream", "stream a hot backup of the source into the staging directory",
+         backup_steps.backup_stream, "backup"),
+    Step("stop_stream", "stop the listener, remove the job's files on both hosts",
+         backup_steps.stop_stream, "backup"),
+    Step("prepare_backup", "prepare the backup on the target, read its position",
+         backup_steps.prepare_backup, "backup"),
+    *_shared("stop_target", "commit"),
+]
+
+PIPELINES: dict[str, list[Step]] = {"snapshot": STEPS, "backup": BACKUP_STEPS}
+
+
+def steps_for(pipeline: str | None) -> list[Step]:
+    """A job's step list; jobs journaled before there was a choice ran the snapshot one."""
+    return PIPELINES[pipeline or "snapshot"]
+
+
 @dataclass
 class Outcome:
     job: Job
@@ -147,6 +184,7 @@ def start(runtime: Runtime, journal: Journal, source: str, target: str,
     faults = Faults.from_environment()  # a bad HOTCOPY_FAULT is refused before any job exists
     job = journal.create_job("clone", {"source": source, "target": target,
                                        "transfer": transfer,
+                                       "pipeline": preflight.pipeline_for(runtime, source),
                                        "config": runtime.config.source_path})
     ctx = _context(runtime, journal, job, reporter)
     ctx.faults = faults
@@ -187,7 +225,7 @@ def _execute(ctx: StepContext, *, resume: bool) -> Outcome:
     journal.set_job_state(job_id, JobState.RUNNING)
     try:
         with signals_as_exceptions():
-            run_steps(STEPS, ctx, resume=resume)
+            run_steps(steps_for(ctx.params.get("pipeline")), ctx, resume=resume)
             ctx.tx.commit()
     except BaseException as exc:
         error = exc if isinstance(exc, HotcopyError) else HotcopyError(f"unexpected error: {exc!r}")

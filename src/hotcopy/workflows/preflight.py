@@ -14,7 +14,7 @@ from typing import Any
 
 from hotcopy.errors import HotcopyError, MySQLError, RefusedError
 from hotcopy.hosts import Executor
-from hotcopy.mysql import replication
+from hotcopy.mysql import backup_tool, replication
 from hotcopy.mysql.flavor import ReplicaStatus
 from hotcopy.mysql.mysqld import read_layout
 from hotcopy.mysql.server import Server
@@ -26,7 +26,7 @@ from hotcopy.transfer.base import STATIC_EXCLUDES, is_excluded, log_excludes
 from hotcopy.workflows import faults
 
 #: Steps that report progress, so a kill-during fault can fire inside them.
-PROGRESS_STEPS = ("pull",)
+PROGRESS_STEPS = ("pull", "backup_stream")
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,9 @@ def _check_faults(report: Preflight) -> None:
         report.error("faults", f"{name}={spec!r}: the fraction of kill-during must be a number",
                      hint="e.g. kill-during:pull:0.5")
         return
-    from hotcopy.workflows.clone import STEPS  # late: the clone workflow imports this module
+    from hotcopy.workflows.clone import PIPELINES  # late: the clone imports this module
 
-    steps = [step.name for step in STEPS]
+    steps = list(dict.fromkeys(step.name for pipeline in PIPELINES.values() for step in pipeline))
     for fault in parsed:
         label = f"{fault.kind}:{fault.step}"
         if fault.step not in steps:
@@ -287,12 +287,19 @@ def _check_source_files(report: Preflight, runtime: Runtime, src: Server, source
                          "atomically")
     try:
         backend = backend_for(executor, datadir, runtime.config.server(source).snapshot)
-        plan = backend.plan(executor, source, datadir, job_id)
     except RefusedError as exc:
-        report.error("source.snapshot", f"source {source}: {exc.message}", exc.hint)
+        _check_backup_pipeline(report, runtime, source, exc)
+    else:
+        try:
+            plan = backend.plan(executor, source, datadir, job_id)
+        except RefusedError as exc:
+            report.error("source.snapshot", f"source {source}: {exc.message}", exc.hint)
+            return
+        report.facts.update(pipeline="snapshot", snapshot_backend=backend.name,
+                            snapshot_plan=plan.as_dict())
+    _check_faults_fit(report)
+    if report.errors:
         return
-    report.facts["snapshot_backend"] = backend.name
-    report.facts["snapshot_plan"] = plan.as_dict()
     excludes = list(STATIC_EXCLUDES) + log_excludes(
         datadir, [src.variable("log_bin_basename"), src.variable("relay_log_basename")])
     report.facts["excludes"] = excludes
@@ -306,6 +313,68 @@ def _check_source_files(report: Preflight, runtime: Runtime, src: Server, source
             files += 1
     report.facts["ship_bytes"] = total
     report.facts["ship_files"] = files
+
+
+def pipeline_for(runtime: Runtime, source: str) -> str:
+    """The step list a new job runs, fixed when it starts; its preflight confirms it.
+
+    A snapshot where a backend fits the source's datadir (or one is configured), else
+    the streamed hot backup, whose tools the preflight then checks (and refuses without).
+    """
+    conf = runtime.config.server(source)
+    try:
+        backend_for(runtime.executor(source), conf.datadir, conf.snapshot)
+    except RefusedError:
+        return "backup"
+    except HotcopyError:
+        return "snapshot"  # the host is unreachable: the preflight says so, with a hint
+    return "snapshot"
+
+
+def _check_backup_pipeline(report: Preflight, runtime: Runtime, source: str,
+                           no_snapshot: RefusedError) -> None:
+    """Without a snapshot, the hot backup: its tool on both hosts, fitting the server."""
+    target = str(report.facts["target"])
+    flavor = str(report.facts.get("source_flavor") or "mariadb")
+    probes, problems = backup_tool.check_hosts(
+        {source: runtime.executor(source), target: runtime.executor(target)}, flavor,
+        str(report.facts.get("source_version", "")),
+        paced=bool(runtime.config.transfer.bwlimit_kbps))
+    choice = backup_tool.choose_pipeline(no_snapshot.message, problems)
+    if choice.pipeline is None:
+        names = backup_tool.TOOLS[flavor]
+        report.error("source.snapshot", f"source {source}: {no_snapshot.message}; and the "
+                     f"fallback without snapshots, a streamed hot backup with "
+                     f"{names.backup[-1]}, cannot run either: " + "; ".join(problems),
+                     hint=f"{no_snapshot.hint or 'put the datadir on a snapshot-capable volume'}"
+                          f"; or install {names.package} on both hosts")
+        return
+    report.facts.update(pipeline="backup", backup_tools={
+        "source": probes[0].tool.as_dict() if probes[0].tool else None,
+        "target": probes[1].tool.as_dict() if probes[1].tool else None})
+    report.warn("pipeline", f"source {source}: no snapshot possible, so a hot backup with "
+                f"{probes[0].tool.path if probes[0].tool else '?'} is streamed instead: the "
+                "source's replication stays paused for the whole copy, not milliseconds")
+
+
+def _check_faults_fit(report: Preflight) -> None:
+    """A fault naming a step of the other pipeline would never fire in this one."""
+    spec = os.environ.get(faults.ENVIRONMENT_VARIABLE, "")
+    pipeline = report.facts.get("pipeline")
+    if not spec.strip() or pipeline is None:
+        return
+    from hotcopy.workflows.clone import PIPELINES  # late: the clone imports this module
+
+    steps = [step.name for step in PIPELINES[str(pipeline)]]
+    try:
+        parsed = faults.parse(spec)
+    except (RefusedError, ValueError):
+        return  # _check_faults reported it
+    for fault in parsed:
+        if fault.step not in steps:
+            report.error("faults", f"{faults.ENVIRONMENT_VARIABLE}: '{fault.kind}:{fault.step}' "
+                         f"names no step of the {pipeline} pipeline this clone runs, so it "
+                         "would never fire", hint="its steps: " + ", ".join(steps))
 
 
 def _check_target_files(report: Preflight, runtime: Runtime, target: str) -> None:
