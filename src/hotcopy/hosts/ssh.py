@@ -48,7 +48,11 @@ class SshExecutor:
 
     def _base_argv(self) -> list[str]:
         os.makedirs(self.options.control_dir, mode=0o700, exist_ok=True)
-        digest = hashlib.sha1(self.destination.encode(), usedforsecurity=False).hexdigest()[:16]
+        # One master per destination *and* way of reaching it: two servers on one address
+        # (other ports) or with other keys must never share a multiplexed connection.
+        identity = "\0".join([self.destination, self.options.known_hosts or "",
+                              self.options.identity_file or "", *self.options.extra_options])
+        digest = hashlib.sha1(identity.encode(), usedforsecurity=False).hexdigest()[:16]
         argv = [
             "ssh", "-T",
             "-o", "BatchMode=yes",

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from hotcopy.errors import HotcopyError
-from hotcopy.hosts import LocalExecutor
+from hotcopy.hosts import Executor, LocalExecutor
 from hotcopy.mysql.connection import Connection, ServerAddress, connect
 from hotcopy.mysql.mysqld import MysqldControl
 from hotcopy.sandbox.layout import (
@@ -28,6 +28,7 @@ from hotcopy.sandbox.layout import (
     ServerSpec,
     render_my_cnf,
 )
+from hotcopy.sandbox.netns import NetnsExecutor
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,22 @@ def control(paths: ServerPaths, spec: ServerSpec, option_file: Path | None = Non
     group of the server's my.cnf (MariaDB's default unix_socket authentication for
     root): no password exists for that, so none can leak.
     """
-    return MysqldControl(spec.name, LocalExecutor(), str(paths.cnf), None,
-                         ServerAddress(spec.name, HOST, spec.port),
+    return MysqldControl(spec.name, host_executor(spec), str(paths.cnf), None,
+                         ServerAddress(spec.name, spec.address, spec.port),
                          str(option_file or paths.cnf))
 
 
-FILESYSTEMS = ("btrfs", "plain")
+def host_executor(spec: ServerSpec) -> Executor:
+    """Where the server's processes run: here, or inside its host's network namespace."""
+    return LocalExecutor() if spec.netns is None else NetnsExecutor(spec.netns)
+
+
+def client_host(spec: ServerSpec) -> str:
+    """The account host the shard's clients connect from: loopback, or the host subnet."""
+    return HOST if spec.netns is None else spec.address.rsplit(".", 1)[0] + ".%"
+
+
+FILESYSTEMS = ("btrfs", "plain", "zfs")
 
 
 def _btrfs_datadir(paths: ServerPaths, spec: ServerSpec, image_size: int) -> None:
@@ -76,11 +87,18 @@ def _plain_datadir(paths: ServerPaths, spec: ServerSpec, image_size: int) -> Non
     paths.datadir.mkdir(mode=0o750)
 
 
+def _zfs_datadir(paths: ServerPaths, spec: ServerSpec, image_size: int) -> None:
+    """A zfs-fuse pool on a sparse file; the datadir is a dataset's mountpoint."""
+    from hotcopy.sandbox import zfs
+
+    zfs.make_datadir(paths, image_size)
+
+
 def prepare_filesystem(paths: ServerPaths, spec: ServerSpec, image_size: int) -> None:
     """The datadir on the server's filesystem, its run dir and my.cnf."""
     uid, gid = mysql_ids()
     paths.root.mkdir(mode=0o755)
-    makers = {"btrfs": _btrfs_datadir, "plain": _plain_datadir}
+    makers = {"btrfs": _btrfs_datadir, "plain": _plain_datadir, "zfs": _zfs_datadir}
     makers[spec.filesystem](paths, spec, image_size)
     os.chown(paths.datadir, uid, gid)
     paths.run.mkdir(mode=0o750)
@@ -145,14 +163,15 @@ def seed_master(paths: ServerPaths, spec: ServerSpec, admin_password: str,
     conn = root_session(paths, spec)
     try:
         admin_hash = native_password_hash(admin_password)
-        for host in (HOST, "localhost"):
-            conn.execute(f"CREATE USER '{ADMIN_USER}'@'{host}' IDENTIFIED BY PASSWORD %s",
-                         (admin_hash,))
-            conn.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'{host}' "
-                         "WITH GRANT OPTION")
-        conn.execute(f"CREATE USER '{REPL_USER}'@'{HOST}' IDENTIFIED BY PASSWORD %s",
-                     (native_password_hash(repl_password),))
-        conn.execute(f"GRANT REPLICATION SLAVE ON *.* TO '{REPL_USER}'@'{HOST}'")
+        clients = client_host(spec)
+        for host in (clients, "localhost"):  # clients may be a pattern with %: parameters
+            conn.execute("CREATE USER %s@%s IDENTIFIED BY PASSWORD %s",
+                         (ADMIN_USER, host, admin_hash))
+            conn.execute("GRANT ALL PRIVILEGES ON *.* TO %s@%s WITH GRANT OPTION",
+                         (ADMIN_USER, host))
+        conn.execute("CREATE USER %s@%s IDENTIFIED BY PASSWORD %s",
+                     (REPL_USER, clients, native_password_hash(repl_password)))
+        conn.execute("GRANT REPLICATION SLAVE ON *.* TO %s@%s", (REPL_USER, clients))
         conn.execute("CREATE DATABASE app")
         conn.execute("USE app")  # the seq_1_to_N tables of the Sequence engine need one
         conn.execute(
@@ -193,7 +212,7 @@ def attach_replica(paths: ServerPaths, spec: ServerSpec, master: ServerSpec,
         conn.execute(
             "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s,"
             " MASTER_PASSWORD = %s, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 2",
-            (HOST, master.port, REPL_USER, repl_password))
+            (master.address, master.port, REPL_USER, repl_password))
         conn.execute("START SLAVE")
         waited = conn.scalar("SELECT MASTER_GTID_WAIT(%s, %s)",
                              (master_gtid_pos, CATCH_UP_TIMEOUT_S))

@@ -10,13 +10,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hotcopy.errors import HotcopyError, MySQLError, RefusedError
 from hotcopy.mysql.connection import ServerAddress, connect
-from hotcopy.sandbox import build, teardown
+from hotcopy.sandbox import build, multihost, teardown
 from hotcopy.sandbox.layout import (
     ADMIN_CNF,
     ADMIN_USER,
@@ -26,7 +26,9 @@ from hotcopy.sandbox.layout import (
     MASTER,
     REPL_CNF,
     REPL_USER,
+    SSH_DIR,
     STATE_FILE,
+    TOPOLOGIES,
     SandboxState,
     ServerSpec,
     check_path,
@@ -46,7 +48,8 @@ REQUIRED_TOOLS = ("mariadbd", "mariadb-install-db", "my_print_defaults", "mkfs.b
 #: Made in DIR besides the server directories; journal files are hotcopy's, but they
 #: describe servers that no longer exist once the sandbox is down.
 TOP_LEVEL_FILES = (CONFIG_FILE, ADMIN_CNF, REPL_CNF, JOURNAL_FILE, JOURNAL_FILE + "-wal",
-                   JOURNAL_FILE + "-shm", JOURNAL_FILE + "-journal", STATE_FILE + ".tmp")
+                   JOURNAL_FILE + "-shm", JOURNAL_FILE + "-journal", STATE_FILE + ".tmp",
+                   SSH_DIR)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,12 @@ class SandboxInfo:
     replicas: tuple[str, ...]
     ports: dict[str, int]
     already_up: bool = False
+    topology: str = "local"
+    #: Topology "netns": each server's address, network namespace and bridge-side veth.
+    hosts: dict[str, str] = field(default_factory=dict)
+    namespaces: dict[str, str] = field(default_factory=dict)
+    veths: dict[str, str] = field(default_factory=dict)
+    bridge: str | None = None
 
     @property
     def servers(self) -> tuple[str, ...]:
@@ -71,7 +80,7 @@ class SandboxInfo:
         return server_paths(self.directory, name).cnf
 
     def address(self, name: str) -> ServerAddress:
-        return ServerAddress(name, HOST, self.ports[name])
+        return ServerAddress(name, self.hosts.get(name, HOST), self.ports[name])
 
 
 def _info(state: SandboxState, *, already_up: bool = False) -> SandboxInfo:
@@ -85,6 +94,11 @@ def _info(state: SandboxState, *, already_up: bool = False) -> SandboxInfo:
         replicas=tuple(s.name for s in state.replicas),
         ports={s.name: s.port for s in state.servers},
         already_up=already_up,
+        topology=state.topology,
+        hosts={s.name: s.address for s in state.servers},
+        namespaces={s.name: s.netns for s in state.servers if s.netns},
+        veths={s.name: s.veth for s in state.servers if s.veth},
+        bridge=state.bridge,
     )
 
 
@@ -123,11 +137,12 @@ def _check_traversable(directory: Path) -> None:
                 hint=f"chmod o+x {parent}, or choose a directory elsewhere")
 
 
-def _preflight(directory: Path, replicas: int) -> None:
+def _preflight(directory: Path, replicas: int, topology: str) -> None:
     if os.geteuid() != 0:
         raise RefusedError("the sandbox needs root (loop mounts, btrfs, chown)",
                            hint="run it with sudo")
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    tools = REQUIRED_TOOLS + (multihost.REQUIRED_TOOLS if topology == "netns" else ())
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         raise RefusedError(f"missing tools: {', '.join(missing)}",
                            hint="run scripts/bootstrap.sh")
@@ -144,12 +159,18 @@ def _preflight(directory: Path, replicas: int) -> None:
 
 
 def up(directory: Path, *, replicas: int = 2, image_size: int = DEFAULT_IMAGE_SIZE,
-       filesystem: str = "btrfs") -> SandboxInfo:
+       filesystem: str = "btrfs", topology: str = "local") -> SandboxInfo:
     """Create and start a master and `replicas` replicas; return how to reach them.
 
     ``filesystem`` is what every datadir lives on: "btrfs" (a subvolume on a loop-mounted
-    image, the default) or "plain" (a directory, for showing what hotcopy refuses).
+    image, the default), "zfs" (a zfs-fuse pool per server on a sparse file, the datadir a
+    dataset's mountpoint) or "plain" (a directory, for showing what hotcopy refuses).
+    ``topology`` "local" runs every server here on loopback; "netns" makes each server a
+    host of its own (network namespace, address on a bridge, sshd), reached over ssh.
     """
+    if topology not in TOPOLOGIES:
+        raise RefusedError(f"unknown sandbox topology {topology!r}",
+                           hint="choose one of " + ", ".join(TOPOLOGIES))
     if filesystem not in build.FILESYSTEMS:
         raise RefusedError(f"unknown sandbox filesystem {filesystem!r}",
                            hint="choose one of " + ", ".join(build.FILESYSTEMS))
@@ -164,7 +185,7 @@ def up(directory: Path, *, replicas: int = 2, image_size: int = DEFAULT_IMAGE_SI
             f"{directory} holds a sandbox that is not healthy "
             f"({existing.state}: {'; '.join(problems) or 'up did not finish'})",
             hint=f"hotcopy sandbox down --dir {directory}, then up again")
-    _preflight(directory, replicas)
+    _preflight(directory, replicas, topology)
     started = time.monotonic()
     dir_created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
@@ -175,7 +196,13 @@ def up(directory: Path, *, replicas: int = 2, image_size: int = DEFAULT_IMAGE_SI
     specs += [ServerSpec(f"replica{i}", "replica", i + 1, ports[i], filesystem)
               for i in range(1, replicas + 1)]
     state = SandboxState(directory=str(directory), dir_created=dir_created,
-                         image_size=image_size, servers=specs, created_at=time.time())
+                         image_size=image_size, servers=specs, created_at=time.time(),
+                         topology=topology)
+    if filesystem == "zfs":  # recorded before any pool exists, so down finds each one
+        from hotcopy.sandbox import zfs as sandbox_zfs
+
+        state.extra["zfs_pools"] = [sandbox_zfs.pool_name(server_paths(directory, s.name).root)
+                                    for s in specs]
     save_state(state)
     try:
         _build(directory, state)
@@ -208,6 +235,8 @@ def _build(directory: Path, state: SandboxState) -> None:
     specs = state.servers
     master = state.master
     master_paths = server_paths(directory, master.name)
+    if state.topology == "netns":
+        multihost.create(directory, state)  # addresses are known from here on
     _parallel(specs, lambda s: build.prepare_filesystem(server_paths(directory, s.name), s,
                                                         state.image_size))
     build.install_system_tables(master_paths, master)
@@ -222,7 +251,10 @@ def _build(directory: Path, state: SandboxState) -> None:
     _parallel(state.replicas, lambda r: build.attach_replica(
         server_paths(directory, r.name), r, master, repl_password, position))
     for spec in specs:  # the admin account works everywhere, over TCP as hotcopy uses it
-        connect(ServerAddress(spec.name, HOST, spec.port), str(directory / ADMIN_CNF)).close()
+        connect(ServerAddress(spec.name, spec.address, spec.port),
+                str(directory / ADMIN_CNF)).close()
+    if state.topology == "netns":
+        multihost.check_ssh(directory, state)
     (directory / CONFIG_FILE).write_text(render_config(directory, state))
     state.state = "up"
     save_state(state)
@@ -240,6 +272,12 @@ def down(directory: Path) -> None:
         futures = [pool.submit(teardown.stop_server, directory,
                                server_paths(directory, s.name), s) for s in state.servers]
         errors = [f.exception() for f in futures]
+    if state.topology == "netns":
+        multihost.destroy(directory, state)  # also whatever still ran inside the hosts
+    if state.extra.get("zfs_pools"):  # zfs-fuse unmounts its own datasets, before umount
+        from hotcopy.sandbox import zfs as sandbox_zfs
+
+        sandbox_zfs.destroy_pools(list(state.extra["zfs_pools"]))
     images = [server_paths(directory, s.name).image for s in state.servers]
     teardown.unmount_all(directory, images)
     if any(errors):
@@ -267,7 +305,8 @@ def _server_status(directory: Path, spec: ServerSpec) -> dict[str, Any]:
     if not row["running"]:
         return row
     try:
-        conn = connect(ServerAddress(spec.name, HOST, spec.port), str(directory / ADMIN_CNF),
+        conn = connect(ServerAddress(spec.name, spec.address, spec.port),
+                       str(directory / ADMIN_CNF),
                        connect_timeout=3, read_timeout=10)
     except MySQLError as exc:
         row["error"] = exc.message
