@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hotcopy.errors import HotcopyError, MySQLError
 from hotcopy.mysql.connection import (
@@ -27,17 +27,25 @@ log = logging.getLogger(__name__)
 
 
 class LockNotAcquired(HotcopyError):
-    pass
+    def __init__(self, message: str, *, hint: str, waits_ms: list[float]) -> None:
+        super().__init__(message, hint=hint)
+        self.waits_ms = waits_ms
 
 
 @dataclass
 class HeldLock:
-    """A lock held by one session; ``write_block_started`` is when writes could stall."""
+    """A lock held by one session; ``write_block_started`` is when writes could stall.
+
+    ``waits_ms`` is how long each attempt waited on the ladder, the last one included:
+    while a rung waits, the rungs already taken can hold some writers back, so this is
+    the bound on what the source's writers felt.
+    """
 
     conn: Connection
     flavor: Flavor
     write_block_started: float | None
     attempts: int
+    waits_ms: list[float] = field(default_factory=list)
 
     def release(self) -> float:
         """Release and return the milliseconds writes were (or could have been) blocked."""
@@ -70,16 +78,20 @@ def acquire(
     sql, args = set_session_lock_wait_timeout(lock_wait_timeout_s)
     conn.execute(sql, args)
     last_stage = ""
+    waits_ms: list[float] = []
     for attempt in range(1, attempts + 1):
         write_block_started: float | None = None
+        started = time.monotonic()
         try:
             for stage in flavor.lock_ladder():
                 last_stage = stage.sql
                 if stage.blocks_writes and write_block_started is None:
                     write_block_started = time.monotonic()
                 conn.execute(stage.sql)
-            return HeldLock(conn, flavor, write_block_started, attempt)
+            waits_ms.append((time.monotonic() - started) * 1000)
+            return HeldLock(conn, flavor, write_block_started, attempt, waits_ms)
         except MySQLError as exc:
+            waits_ms.append((time.monotonic() - started) * 1000)
             if error_code(exc) not in (ER_LOCK_WAIT_TIMEOUT, ER_QUERY_INTERRUPTED):
                 _release_quietly(conn, flavor)
                 raise
@@ -90,8 +102,12 @@ def acquire(
                 on_retry(attempt, last_stage)
             if attempt < attempts:
                 sleep(retry_delay_s * attempt)
+    waited = ", ".join(f"{ms / 1000:.1f}s" for ms in waits_ms)
     raise LockNotAcquired(
         f"could not take `{last_stage}` on {conn.address.name}: {attempts} attempts each gave "
-        f"up after lock_wait_timeout={lock_wait_timeout_s}s",
-        hint="a long-running query or DDL holds a conflicting lock on the source; "
-             "see SHOW PROCESSLIST there, or raise clone.lock_wait_timeout_s / lock_attempts")
+        f"up after lock_wait_timeout={lock_wait_timeout_s}s (waited {waited}; each wait was "
+        "the longest the source's writers could have been held back)",
+        hint="a long-running query, LOCK TABLES or DDL holds a conflicting lock on the "
+             "source; see SHOW PROCESSLIST there, or raise clone.lock_wait_timeout_s / "
+             "lock_attempts",
+        waits_ms=waits_ms)

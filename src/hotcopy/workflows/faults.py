@@ -8,6 +8,9 @@ suite, set ``HOTCOPY_FAULT`` to a comma-separated list of:
   kill-during:pull:FRACTION            SIGKILL once the transfer passed that fraction
 
 Step names are those shown by ``hotcopy clone --dry-run`` and ``hotcopy show``.
+Like a real crash of the controller, a kill leaves the hosts as they were at that
+instant: a transfer already running on the target goes on by itself until
+``hotcopy resume`` or ``hotcopy rollback`` stops it.
 """
 
 from __future__ import annotations

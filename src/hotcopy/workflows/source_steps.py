@@ -61,12 +61,25 @@ def lock_source(ctx: StepContext) -> dict[str, Any]:
             session, server.flavor, lock_wait_timeout_s=config.lock_wait_timeout_s,
             attempts=config.lock_attempts, retry_delay_s=config.lock_retry_delay_s,
             on_retry=lambda n, stage: ctx.reporter.warning(
-                f"`{stage}` timed out on {server.name} (attempt {n}); released and retrying"))
+                f"`{stage}` timed out on {server.name} (attempt {n} of {config.lock_attempts})"
+                "; released" + (", retrying" if n < config.lock_attempts else "")))
+    except locks.LockNotAcquired as exc:
+        session.close()
+        ctx.info(lock_attempts=len(exc.waits_ms), lock_waits_ms=_rounded(exc.waits_ms))
+        raise
     except BaseException:
         session.close()
         raise
     ctx.live["lock"] = held
-    return {"lock_thread_id": session.thread_id, "lock_attempts": held.attempts}
+    ctx.info(lock_attempts=held.attempts, lock_waits_ms=_rounded(held.waits_ms))
+    detail = "" if held.attempts == 1 else \
+        f"attempt {held.attempts}; waited {', '.join(_ms(ms) for ms in held.waits_ms)}"
+    return {"lock_thread_id": session.thread_id, "lock_attempts": held.attempts,
+            "lock_waits_ms": _rounded(held.waits_ms), "_detail": detail}
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(value, 1) for value in values]
 
 
 def record_position(ctx: StepContext) -> dict[str, Any]:
@@ -86,7 +99,9 @@ def snapshot(ctx: StepContext) -> dict[str, Any]:
     plan = SnapshotPlan.from_dict(ctx.state["snapshot_plan"])
     backend = load_backend(plan.backend)
     ctx.push(f"snapshot.{plan.backend}.destroy", plan.as_dict())
-    backend.create(executor, plan)
+    # Only the instant part happens under the lock; exposing it (a ZFS clone or an LVM
+    # snapshot mount can take a second on a busy host) waits for release_source.
+    backend.create_snapshot(executor, plan)
     return {"snapshot": plan.as_dict(), "_detail": plan.snapshot}
 
 
@@ -111,6 +126,8 @@ def release_source(ctx: StepContext) -> dict[str, Any]:
     status = replication.single_channel(server)
     if status is not None and status.sql_running != "Yes":
         ctx.reporter.warning(f"{server.name}: SQL thread did not restart: {status.last_sql_error}")
+    plan = SnapshotPlan.from_dict(ctx.state["snapshot"])
+    load_backend(plan.backend).expose(ctx.runtime.executor(ctx.params["source"]), plan)
     return {"source_lock_ms": lock_ms, "source_replication_paused_ms": paused_ms,
             "_detail": f"write lock {_ms(lock_ms)}, replication paused {_ms(paused_ms)}"}
 

@@ -10,15 +10,23 @@ from __future__ import annotations
 import configparser
 import logging
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from hotcopy.errors import HotcopyError
-from hotcopy.hosts import files
+from hotcopy.hosts import Executor, files
 from hotcopy.mysql import replication
 from hotcopy.mysql.flavor import Coordinates
 from hotcopy.mysql.server import Server
 from hotcopy.snapshot.base import SnapshotPlan
-from hotcopy.transfer.base import ServerHandle, TransferRequest, is_excluded, method_for
+from hotcopy.transfer.base import (
+    ServerHandle,
+    TransferRequest,
+    is_excluded,
+    kill_marked,
+    method_for,
+)
 from hotcopy.workflows.runner import StepContext
 
 log = logging.getLogger(__name__)
@@ -36,7 +44,8 @@ def prepare_target(ctx: StepContext) -> dict[str, Any]:
     target = ctx.params["target"]
     path = staging_path(ctx)
     ctx.push("host.remove_tree", {"server": target, "path": path})
-    files.make_directory(ctx.runtime.executor(target), path)
+    files.make_directory(ctx.runtime.executor(target), path,
+                         like=ctx.runtime.config.server(target).datadir)
     return {"staging": path, "_detail": path}
 
 
@@ -65,17 +74,106 @@ def serve(ctx: StepContext) -> dict[str, Any]:
             f"{request.source_address}:{handle.params.get('port')}"}
 
 
+class SpaceGuard:
+    """Stops the transfer before it takes the last bytes of the target's filesystem.
+
+    The target's mysqld keeps serving from that filesystem while the copy arrives, and
+    InnoDB gives up on a write that hits ENOSPC: a copy that fills the disk would take
+    the target down. The preflight saw enough room, but something else may eat it
+    meanwhile, so free space is watched. The guard trips when, at the rate space is
+    going, the next readings would fall under the reserve (never counting on more than
+    what the copy still has to write, so a transfer the preflight let through cannot
+    trip it near its end), and kills the receiving end.
+    """
+
+    def __init__(self, executor: Executor, path: str, reserve: int, stop: Callable[[], None],
+                 remaining: Callable[[], int | None], *, interval_s: float = 0.5) -> None:
+        self.executor = executor
+        self.path = path
+        self.reserve = reserve
+        self.tripped_at: int | None = None
+        self._stop = stop
+        self._remaining = remaining
+        self._interval_s = interval_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="space-guard", daemon=True)
+
+    def _free(self) -> int | None:
+        out = self.executor.run(["df", "-B1", "--output=avail", self.path], check=False,
+                                timeout=30).stdout.split()
+        return int(out[-1]) if out and out[-1].isdigit() else None
+
+    def _watch(self) -> None:
+        previous: int | None = None
+        while not self._done.wait(self._interval_s):
+            try:
+                free = self._free()
+            except HotcopyError:
+                log.debug("space guard: df failed", exc_info=True)
+                continue
+            if free is None:
+                continue
+            soon = 2 * max(0, previous - free) if previous is not None else 0
+            left = self._remaining()
+            if free < self.reserve + (soon if left is None else min(soon, left)):
+                self.tripped_at = free
+                log.warning("%s: %d bytes free under %s; stopping the transfer",
+                            self.executor.name, free, self.path)
+                self._stop()
+                return
+            previous = free
+
+    def __enter__(self) -> SpaceGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=60)
+
+    def error(self, target: str, missing: int | None) -> HotcopyError:
+        left = f", {missing / 1e6:.0f} MB of the copy still to come" if missing else ""
+        return HotcopyError(
+            f"the target's filesystem is nearly full: {(self.tripped_at or 0) / 1e6:.0f} MB "
+            f"free under {self.path} on {target}{left}; the transfer was stopped so that "
+            f"the running mysqld there keeps room to write",
+            hint="something else wrote to that filesystem after the preflight check; free "
+                 "space there, then clone again")
+
+
+def space_reserve(ctx: StepContext) -> int:
+    """Half the preflight's margin (so a clone the preflight let through never trips it),
+    at least 16 MiB for the target's own writes, at most 1 GiB."""
+    margin = int((ctx.state.get("ship_bytes") or 0) * ctx.runtime.config.clone.free_space_margin)
+    return max(16 * 2**20, min(2**30, margin // 2))
+
+
 def pull(ctx: StepContext) -> dict[str, Any]:
     method, handle = ctx.live["transfer"]
     assert isinstance(handle, ServerHandle)
     request = _request(ctx)
+    done_bytes = [0]
+
+    def remaining() -> int | None:
+        return None if not request.expected_bytes else \
+            max(0, request.expected_bytes - done_bytes[0])
 
     def on_progress(done: int, total: int | None, rate: float | None) -> None:
+        done_bytes[0] = done
         ctx.reporter.progress(done, total, rate)
         if total:
             ctx.faults.progress("pull", done / total)
 
-    result = method.pull(ctx.runtime, request, handle, on_progress)
+    executor = ctx.runtime.executor(request.target)
+    guard = SpaceGuard(executor, request.destination, space_reserve(ctx),
+                       lambda: kill_marked(executor, ctx.job_id), remaining)
+    try:
+        with guard:
+            result = method.pull(ctx.runtime, request, handle, on_progress)
+    except HotcopyError as exc:
+        if guard.tripped_at is None:
+            raise
+        raise guard.error(request.target, remaining()) from exc
     ctx.info(bytes_transferred=result.bytes_transferred, literal_bytes=result.literal_bytes)
     rate = result.literal_bytes / result.seconds / 1e6 if result.seconds else 0
     return {"bytes_transferred": result.bytes_transferred, "literal_bytes": result.literal_bytes,

@@ -1,0 +1,265 @@
+"""Faults beyond a crash, while a clone runs: signals, a second clone, a full target,
+a source restart, an undo that keeps failing. Each ends the way an operator needs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hotcopy.saga import JobState
+from hotcopy.sandbox import SandboxInfo
+
+from .conftest import control
+from .helpers import clone_json, leftovers
+from .test_faults import (
+    SOURCE,
+    TARGET,
+    BackgroundClone,
+    Shard,
+    assert_cloned,
+    assert_rolled_back,
+    assert_source_released,
+    killed_clone,
+    marked_shard,
+    module_shard,
+    run_json,
+)
+
+# A transfer slow enough (about 4 s for the sandbox) to act while it runs.
+SLOW = "[transfer]\nbwlimit_kbps = 20000\n"
+
+
+@pytest.fixture(scope="module")
+def shard(sandbox: SandboxInfo) -> Iterator[Shard]:
+    yield from module_shard(sandbox)
+
+
+@pytest.fixture
+def clean(shard: Shard) -> Iterator[Shard]:
+    yield from marked_shard(shard)
+
+
+@pytest.fixture
+def slow(clean: Shard, tmp_path: Path) -> Iterator[tuple[Shard, Path]]:
+    yield clean, clean.variant(tmp_path / "slow.toml", SLOW)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_signal_during_transfer_rolls_back_in_order(
+        slow: tuple[Shard, Path], sig: signal.Signals) -> None:
+    shard, config = slow
+    run = BackgroundClone(shard, config)
+    try:
+        run.wait_transferring()
+        run.proc.send_signal(sig)
+        code, report, stderr = run.finish()
+    finally:
+        run.kill()
+    assert code == 1, stderr[-3000:]
+    assert report["state"] == "rolled-back"
+    assert f"interrupted by {sig.name}" in (report["error"] or ""), report["error"]
+    pull = next(s for s in report["steps"] if s["name"] == "pull")
+    assert pull["outcome"] == "failed"
+    assert_rolled_back(shard, run.job_id)
+
+
+def test_second_clone_on_a_busy_source_or_target_is_refused(slow: tuple[Shard, Path]) -> None:
+    shard, config = slow
+    run = BackgroundClone(shard, config)
+    try:
+        run.wait_transferring()
+        for source, target in ((SOURCE, TARGET), (TARGET, SOURCE)):
+            proc, second = clone_json(shard.info, source, target)
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            assert f"job {run.job_id}" in proc.stderr and "still working on" in proc.stderr
+            assert second["state"] == "failed" and second["undo"] == []
+        assert run.proc.poll() is None, "the refused clones must not disturb the running one"
+        code, report, stderr = run.finish()
+    finally:
+        run.kill()
+    assert code == 0, stderr[-3000:]
+    assert_cloned(shard, report)
+
+
+def _fill(mount: Path, leave: int) -> Path:
+    """Take the free space of a filesystem but about ``leave`` bytes, fast (fallocate).
+
+    A transfer writes at the same time, so a first guess can fail: halve and top up.
+    """
+    filler = mount / "fault-test-filler"
+    filler.mkdir(exist_ok=True)
+    for part in range(40):
+        stats = os.statvfs(mount)
+        want = stats.f_bavail * stats.f_frsize - leave
+        if want < 2**20:
+            break
+        while want >= 2**20:
+            done = subprocess.run(["fallocate", "-l", str(want), str(filler / str(part))],
+                                  check=False, capture_output=True)
+            if done.returncode == 0:
+                break
+            want //= 2
+    return filler
+
+
+def test_target_filesystem_full_during_transfer_rolls_back(slow: tuple[Shard, Path]) -> None:
+    shard, config = slow
+    run = BackgroundClone(shard, config)
+    filler: Path | None = None
+    try:
+        run.wait_transferring()
+        # After the preflight saw enough space: something else fills the disk.
+        filler = _fill(shard.info.datadir(TARGET).parent, leave=32 * 2**20)
+        code, report, stderr = run.finish()
+    finally:
+        run.kill()
+        if filler is not None:
+            shutil.rmtree(filler)
+            # btrfs frees the extents at its next commit; df shows them free after it.
+            subprocess.run(["btrfs", "filesystem", "sync", str(filler.parent)], check=True,
+                           capture_output=True)
+    assert code == 1, stderr[-3000:]
+    assert report["state"] == "rolled-back"
+    error = report["error"] or ""
+    # Stopped before the disk is full, so the target's running mysqld keeps room to write.
+    assert "the target's filesystem is nearly full" in error, error
+    assert TARGET in error and "free space there" in error
+    assert_rolled_back(shard, run.job_id)
+
+
+def test_source_restarted_after_snapshot_then_resume_completes(clean: Shard) -> None:
+    job_id = killed_clone(clean, "kill-after:snapshot")
+    ctl = control(clean.info, SOURCE)
+    ctl.stop(timeout=120)
+    ctl.start(timeout=120)
+    resumed, report = run_json("resume", "--config", str(clean.info.config_path), job_id,
+                               "--json")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_cloned(clean, report)
+
+
+def test_source_restarted_after_snapshot_then_rollback_is_clean(clean: Shard) -> None:
+    job_id = killed_clone(clean, "kill-after:snapshot")
+    ctl = control(clean.info, SOURCE)
+    ctl.stop(timeout=120)
+    ctl.start(timeout=120)
+    back, _ = run_json("rollback", "--config", str(clean.info.config_path), job_id, "--json")
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert_rolled_back(clean, job_id)
+
+
+def test_source_restarted_during_transfer(slow: tuple[Shard, Path]) -> None:
+    shard, config = slow
+    run = BackgroundClone(shard, config)
+    try:
+        run.wait_transferring()
+        ctl = control(shard.info, SOURCE)
+        ctl.stop(timeout=120)
+        ctl.start(timeout=120)
+        code, report, stderr = run.finish()
+    finally:
+        run.kill()
+    # Either outcome is correct; a half-done one is not.
+    assert code in (0, 1), stderr[-3000:]
+    if code == 0:
+        assert_cloned(shard, report)
+    else:
+        assert_rolled_back(shard, run.job_id)
+
+
+class SnapshotInUse:
+    """A ``btrfs send`` of the snapshot in progress: btrfs refuses to delete it (EPERM)."""
+
+    def __init__(self, snapshot: str) -> None:
+        self.proc = subprocess.Popen(["btrfs", "send", "-q", snapshot], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        # The stream has begun; with nobody reading on, the send stays in progress.
+        assert self.proc.stdout.read(4096), "btrfs send produced nothing"
+
+    def end(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _snapshot_of(shard: Shard, job_id: str) -> str:
+    snapshot = shard.report(job_id)["snapshot"]
+    assert snapshot, "the snapshot step did not run"
+    return str(snapshot["snapshot"])
+
+
+def _assert_only_snapshot_owed(shard: Shard, job_id: str, output: str, snapshot: str) -> None:
+    report = shard.report(job_id)
+    assert report["state"] == JobState.ROLLBACK_INCOMPLETE.value
+    owed = report["outstanding_undo"]
+    assert [(u["action"], u["state"]) for u in owed] == [("snapshot.btrfs.destroy", "failed")]
+    assert owed[0]["attempts"] >= 3, "a failing undo is retried"
+    assert "send may be in progress" in owed[0]["error"] or "not permitted" in owed[0]["error"]
+    # The message lists exactly what remains, and how to finish.
+    assert "rollback incomplete: 1 undo action(s) failed" in output
+    assert f"#{owed[0]['seq']} destroy btrfs snapshot {snapshot}" in output
+    assert f"hotcopy rollback {job_id}" in output
+    # Every other undo ran: the source is released and only the snapshot is left.
+    assert_source_released(shard)
+    assert [x for x in leftovers(shard.info) if "hotcopy-snap" not in x] == []
+    # The job keeps its servers until it is finished: a new clone is refused.
+    proc, _ = clone_json(shard.info, SOURCE, TARGET)
+    assert proc.returncode == 2 and job_id in proc.stderr
+
+
+def test_failing_undo_during_rollback_exits_3_then_rollback_finishes(clean: Shard) -> None:
+    job_id = killed_clone(clean, "kill-after:snapshot")
+    snapshot = _snapshot_of(clean, job_id)
+    busy = SnapshotInUse(snapshot)
+    try:
+        back, shown = run_json("rollback", "--config", str(clean.info.config_path), job_id,
+                               "--json")
+        assert back.returncode == 3, back.stderr[-3000:]
+        assert shown["state"] == "rollback-incomplete"
+        _assert_only_snapshot_owed(clean, job_id, back.stderr, snapshot)
+        show, report = run_json("show", "--config", str(clean.info.config_path), job_id,
+                                "--json")
+        assert show.returncode == 0
+        assert [u["action"] for u in report["outstanding_undo"]] == ["snapshot.btrfs.destroy"]
+    finally:
+        busy.end()
+    again, _ = run_json("rollback", "--config", str(clean.info.config_path), job_id, "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_rolled_back(clean, job_id)
+
+
+def test_failing_undo_inside_a_clone_exits_3_then_rollback_finishes(clean: Shard) -> None:
+    job_id = killed_clone(clean, "kill-after:pull")
+    snapshot = _snapshot_of(clean, job_id)
+    busy = SnapshotInUse(snapshot)
+    try:
+        # drop_snapshot cannot destroy it: the clone rolls back, all but that undo run.
+        resumed, shown = run_json("resume", "--config", str(clean.info.config_path), job_id,
+                                  "--json")
+        assert resumed.returncode == 3, resumed.stderr[-3000:]
+        assert shown["state"] == "rollback-incomplete"
+        assert "step 'drop_snapshot'" in resumed.stderr or "undo #" in resumed.stderr
+        _assert_only_snapshot_owed(clean, job_id, resumed.stderr, snapshot)
+    finally:
+        busy.end()
+    again, _ = run_json("rollback", "--config", str(clean.info.config_path), job_id, "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_rolled_back(clean, job_id)
+
+
+def test_kill_during_transfer_then_rollback_stops_the_orphaned_transfer(
+        slow: tuple[Shard, Path]) -> None:
+    shard, config = slow
+    job_id = killed_clone(shard, "kill-during:pull:0.3", config=config)
+    # The controller is gone but its rsync on the target may still be pulling.
+    back, _ = run_json("rollback", "--config", str(config), job_id, "--json")
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert_rolled_back(shard, job_id)  # leftovers() includes any process of the job
