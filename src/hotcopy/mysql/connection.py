@@ -94,12 +94,16 @@ def connect(
             read_default_file=option_file,
             read_default_group="client",
             connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
+            # PyMySQL reads the server's greeting with read_timeout, not connect_timeout:
+            # a mysqld that accepts TCP but is stuck in startup would hang us forever.
+            read_timeout=connect_timeout if read_timeout is None else read_timeout,
             autocommit=True,
             charset="utf8mb4",
         )
     except pymysql.err.MySQLError as exc:
         raise translate(address, exc, None, option_file=option_file) from exc
+    if read_timeout is None:
+        raw._read_timeout = None  # once greeted, sessions may run long (CHECKSUM TABLE)
     return Connection(address, raw)
 
 
