@@ -56,6 +56,12 @@ def lock_source(ctx: StepContext) -> dict[str, Any]:
     user = session.scalar("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
     ctx.push("mysql.release_lock_session",
              {"server": server.name, "thread_id": session.thread_id, "user": user})
+    # The SQL thread is stopped: flush now what the lock would otherwise wait for, so
+    # the work done under the lock (engine log flush, snapshot commit) is small.
+    sql, args = server.flavor.flush_engine_logs()
+    session.execute(sql, args)
+    datadir = ctx.runtime.config.server(server.name).datadir
+    ctx.runtime.executor(server.name).run(["sync", "-f", datadir], timeout=600)
     try:
         held = locks.acquire(
             session, server.flavor, lock_wait_timeout_s=config.lock_wait_timeout_s,
