@@ -35,6 +35,37 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Opt-in, never by default (HOTCOPY_LVM_TIER=1, as scripts/test-lvm does): the LVM test
+# tier boots a qemu guest on Debian's own kernel with this root over 9p, because this
+# kernel may lack device-mapper. It installs a kernel and rebuilds its initramfs with
+# the 9p modules, which a plain development machine does not need.
+if [[ ${HOTCOPY_LVM_TIER:-0} == 1 ]]; then
+    lvm_missing=()
+    for pkg in qemu-system-x86 linux-image-amd64 lvm2 xfsprogs; do
+        status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+        [[ $status == installed ]] || lvm_missing+=("$pkg")
+    done
+    if ((${#lvm_missing[@]})); then
+        echo "bootstrap: installing ${lvm_missing[*]} for the LVM tier"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${lvm_missing[@]}" >/dev/null
+    fi
+    for module in 9p 9pnet 9pnet_virtio netfs; do
+        grep -qx "$module" /etc/initramfs-tools/modules \
+            || echo "$module" >>/etc/initramfs-tools/modules
+    done
+    for kernel in /boot/vmlinuz-*; do
+        [[ -e $kernel ]] || continue
+        version=${kernel#/boot/vmlinuz-}
+        # Not grep -q: quitting early would SIGPIPE lsinitramfs, a failure under pipefail.
+        if ! lsinitramfs "/boot/initrd.img-$version" 2>/dev/null | grep '/9pnet_virtio\.ko' >/dev/null; then
+            echo "bootstrap: adding 9p to the initramfs of $version for the LVM tier"
+            update-initramfs -u -k "$version" >/dev/null
+        fi
+    done
+fi
+
 # Debian starts its own mariadb on install; it would hold port 3306 and confuse tests.
 if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
     if systemctl is-enabled --quiet mariadb 2>/dev/null || systemctl is-active --quiet mariadb 2>/dev/null; then
