@@ -108,14 +108,15 @@ class RsyncSsh:
     def pull(self, runtime: Runtime, request: TransferRequest, handle: ServerHandle,
              on_progress: ProgressCallback) -> TransferResult:
         transfer = runtime.config.transfer
-        base = ["rsync", "-a", "--numeric-ids", "--partial", "--info=progress2,stats2",
+        base = ["rsync", "-a", "--numeric-ids", "--partial", "--inplace",
+                "--info=progress2,stats2",
                 f"--timeout={transfer.io_timeout_s}", "-e", " ".join(ssh_argv(transfer)),
                 *(f"--exclude={pattern}" for pattern in request.excludes)]
         url = f"{remote(transfer, request.source_address)}:{request.source_path.rstrip('/')}/"
         lists = write_lists(runtime, request, handle.params["workdir"])
         return run_clients(runtime.executor(request.target), request,
                            client_commands(base, request, url, lists), on_progress,
-                           SSH_RETRYABLE)
+                           stall_timeout_s=transfer.io_timeout_s, retryable=SSH_RETRYABLE)
 
     def stop(self, runtime: Runtime, handle: ServerHandle) -> None:
         stop_clients(runtime, handle.server, handle.params)

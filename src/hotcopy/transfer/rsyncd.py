@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from hotcopy.errors import CommandError, HotcopyError
@@ -121,30 +121,55 @@ def client_commands(base: Sequence[str], request: TransferRequest, source_url: s
             for path in lists]
 
 
+def _watch_for_stall(finished: threading.Event, stalled: threading.Event,
+                     last_activity: list[float], timeout_s: float,
+                     stop: Callable[[], object]) -> None:
+    """Until finished: if nothing was heard for timeout_s, mark it stalled and stop it."""
+    while not finished.wait(1.0):
+        if time.monotonic() - last_activity[0] > timeout_s:
+            log.warning("a transfer stream made no progress for %.0fs; stopping it", timeout_s)
+            stalled.set()
+            stop()
+            return
+
+
 def run_clients(executor: Executor, request: TransferRequest, commands: Sequence[list[str]],
-                on_progress: ProgressCallback,
+                on_progress: ProgressCallback, *, stall_timeout_s: float,
                 retryable: Collection[int] = RETRYABLE) -> TransferResult:
     """rsync clients in parallel, each retried on its own (it resumes its partial files).
 
     Each carries the job's marker in its environment, so a rollback finds it by that.
+    A client that made no progress for ``stall_timeout_s`` is stopped and retried: on a
+    silently cut link the receiving rsync keeps writing keepalives into its socket
+    buffer, so its own --timeout may not fire until TCP gives up, many minutes later.
     """
     meter = ProgressMeter(on_progress, request.expected_bytes)
     started = time.monotonic()
 
     def client(index: int, argv: list[str],
                cancelled: threading.Event) -> tuple[dict[str, int], int]:
+        last_activity = [time.monotonic()]
+
         def on_line(line: str) -> None:
+            last_activity[0] = time.monotonic()
             parsed = parse_progress(line)
             if parsed is not None:
                 meter.update(index, parsed[0])
 
         for attempt in range(1, request.retries + 2):
+            last_activity[0] = time.monotonic()
+            stalled, finished = threading.Event(), threading.Event()
+            watcher = threading.Thread(
+                target=_watch_for_stall, name=f"stall-watch-{index}", daemon=True,
+                args=(finished, stalled, last_activity, stall_timeout_s,
+                      functools.partial(kill_marked, executor, request.job_id)))
+            watcher.start()
             try:
                 result = executor.stream(["env", marker(request.job_id), *argv], on_line,
                                          timeout=request.timeout_s)
             except CommandError as exc:
-                if (cancelled.is_set() or exc.returncode not in retryable
-                        or attempt > request.retries):
+                if (cancelled.is_set() or attempt > request.retries
+                        or (exc.returncode not in retryable and not stalled.is_set())):
                     raise
                 delay = retry_delay(attempt)
                 log.warning("stream %d interrupted (rsync exit %s); retry %d of %d in %.0fs",
@@ -152,6 +177,9 @@ def run_clients(executor: Executor, request: TransferRequest, commands: Sequence
                 if cancelled.wait(delay):
                     raise
                 continue
+            finally:
+                finished.set()
+                watcher.join()
             return parse_stats(result.stdout), attempt
         raise AssertionError("unreachable")
 
@@ -279,7 +307,7 @@ class RsyncDaemon:
         try:
             lists = write_lists(runtime, request, handle.params["password_dir"])
             return run_clients(executor, request, client_commands(base, request, url, lists),
-                               on_progress)
+                               on_progress, stall_timeout_s=transfer.io_timeout_s)
         except CommandError as exc:
             if NO_SPACE in exc.stderr:
                 raise disk_full(runtime, request) from exc
