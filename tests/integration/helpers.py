@@ -77,7 +77,7 @@ def leftovers(info: SandboxInfo) -> list[str]:
     state_dir = Path("/run/hotcopy")
     if state_dir.exists():
         found += [str(e) for e in state_dir.iterdir() if any(j in e.name for j in job_ids)]
-    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True,
+    processes = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True,
                                check=False).stdout
     found += [f"process {line}" for line in processes.splitlines()
               if any(j in line for j in job_ids)]

@@ -263,10 +263,17 @@ def _check_target_sql(report: Preflight, runtime: Runtime, target: str,
                      "a datadir only moves between servers of the same major.minor version")
 
 
+_MISSING_TOOLS = 'for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || echo "$tool"; done'
+
+
+def missing_tools(executor: Executor, tools: list[str]) -> list[str]:
+    """The tools not on the host's PATH, in one round trip (ssh costs ~0.1 s each)."""
+    return executor.run(["sh", "-c", _MISSING_TOOLS, "sh", *tools]).stdout.split()
+
+
 def _check_tools(report: Preflight, executor: Executor, role: str, tools: list[str]) -> None:
-    for tool in tools:
-        if not executor.run(["sh", "-c", f"command -v {tool}"], check=False).ok:
-            report.error(f"{role}.tools", f"`{tool}` is not installed on {executor.name}")
+    for tool in missing_tools(executor, tools):
+        report.error(f"{role}.tools", f"`{tool}` is not installed on {executor.name}")
 
 
 def _check_source_files(report: Preflight, runtime: Runtime, src: Server, source: str,
