@@ -117,6 +117,11 @@ class ServerConfig(_Strict):
     service: str | None = None
     mysqld: str = "mariadbd"
     snapshot: Literal["auto", "btrfs", "zfs", "lvm"] = "auto"
+    lvm_snapshot_percent: float = Field(default=20, gt=0, le=100,
+                                        description="LVM snapshot size, % of the origin")
+    lvm_snapshot_max_gib: float = Field(default=100, gt=0, description="LVM snapshot size cap")
+    lvm_snapshot_abort_percent: float = Field(
+        default=90, gt=0, lt=100, description="stop the transfer before the snapshot overflows")
 
     @field_validator("datadir", "defaults_file")
     @classmethod

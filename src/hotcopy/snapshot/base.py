@@ -75,8 +75,12 @@ BACKEND_MODULES: dict[str, str] = {
 }
 
 
-def load_backend(name: str) -> SnapshotBackend:
+def load_backend(name: str, server: Any = None) -> SnapshotBackend:
+    """The backend; with a server's config, tuned by its settings (e.g. LVM sizes)."""
     module = importlib.import_module(BACKEND_MODULES[name])
+    if server is not None and hasattr(module, "for_server"):
+        tuned: SnapshotBackend = module.for_server(server)
+        return tuned
     backend: SnapshotBackend = module.BACKEND
     return backend
 
@@ -95,13 +99,14 @@ def load_all() -> list[str]:
     return loaded
 
 
-def backend_for(executor: Executor, datadir: str, choice: str) -> SnapshotBackend:
+def backend_for(executor: Executor, datadir: str, choice: str,
+                server: Any = None) -> SnapshotBackend:
     """``auto`` asks each backend whether it can snapshot the datadir, in order."""
     if choice != "auto":
-        return load_backend(choice)
+        return load_backend(choice, server)
     reasons = []
     for name in load_all():
-        backend = load_backend(name)
+        backend = load_backend(name, server)
         reason = backend.unsupported_reason(executor, datadir)
         if reason is None:
             return backend

@@ -293,7 +293,8 @@ def _check_source_files(report: Preflight, runtime: Runtime, src: Server, source
                          "InnoDB files split over several places cannot be snapshotted "
                          "atomically")
     try:
-        backend = backend_for(executor, datadir, runtime.config.server(source).snapshot)
+        conf = runtime.config.server(source)
+        backend = backend_for(executor, datadir, conf.snapshot, conf)
     except RefusedError as exc:
         _check_backup_pipeline(report, runtime, source, exc)
     else:

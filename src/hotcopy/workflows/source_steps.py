@@ -103,7 +103,7 @@ def snapshot(ctx: StepContext) -> dict[str, Any]:
     source = ctx.params["source"]
     executor = ctx.runtime.executor(source)
     plan = SnapshotPlan.from_dict(ctx.state["snapshot_plan"])
-    backend = load_backend(plan.backend)
+    backend = load_backend(plan.backend, ctx.runtime.config.server(source))
     ctx.push(f"snapshot.{plan.backend}.destroy", plan.as_dict())
     # Only the instant part happens under the lock; exposing it (a ZFS clone or an LVM
     # snapshot mount can take a second on a busy host) waits for release_source.

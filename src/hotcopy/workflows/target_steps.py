@@ -19,7 +19,7 @@ from hotcopy.hosts import Executor, files
 from hotcopy.mysql import replication
 from hotcopy.mysql.flavor import Coordinates
 from hotcopy.mysql.server import Server
-from hotcopy.snapshot.base import SnapshotPlan
+from hotcopy.snapshot.base import SnapshotPlan, load_backend
 from hotcopy.transfer.base import (
     ServerHandle,
     TransferRequest,
@@ -158,19 +158,35 @@ def pull(ctx: StepContext) -> dict[str, Any]:
         return None if not request.expected_bytes else \
             max(0, request.expected_bytes - done_bytes[0])
 
+    executor = ctx.runtime.executor(request.target)
+    source = ctx.params["source"]
+    plan = SnapshotPlan.from_dict(ctx.state["snapshot"])
+    # A copy-on-write snapshot with a fixed size (LVM) must not overflow while we read it.
+    snapshot_health = getattr(load_backend(plan.backend, ctx.runtime.config.server(source)),
+                              "check_health", None)
+    overflow: list[str] = []
+
     def on_progress(done: int, total: int | None, rate: float | None) -> None:
         done_bytes[0] = done
         ctx.reporter.progress(done, total, rate)
         if total:
             ctx.faults.progress("pull", done / total)
+        if snapshot_health is not None and not overflow:
+            reason = snapshot_health(ctx.runtime.executor(source), plan)
+            if reason:
+                overflow.append(reason)
+                kill_marked(executor, ctx.job_id)
 
-    executor = ctx.runtime.executor(request.target)
     guard = SpaceGuard(executor, request.destination, space_reserve(ctx),
                        lambda: kill_marked(executor, ctx.job_id), remaining)
     try:
         with guard:
             result = method.pull(ctx.runtime, request, handle, on_progress)
     except HotcopyError as exc:
+        if overflow:
+            raise HotcopyError(f"the snapshot on {source} is about to overflow: {overflow[0]}",
+                               hint="raise lvm_snapshot_percent / lvm_snapshot_max_gib, or "
+                                    "clone when the source writes less") from exc
         if guard.tripped_at is None:
             raise
         raise guard.error(request.target, remaining()) from exc
