@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from hotcopy.errors import RefusedError
 from hotcopy.hosts import Executor
+from hotcopy.plugins import import_available
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +88,7 @@ def load_backend(name: str, server: Any = None) -> SnapshotBackend:
 
 def load_all() -> list[str]:
     """Import every backend that exists, so a rollback can find every undo action."""
-    loaded = []
-    for name, module in BACKEND_MODULES.items():
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        loaded.append(name)
-    return loaded
+    return import_available(BACKEND_MODULES)
 
 
 def backend_for(executor: Executor, datadir: str, choice: str,

@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 from hotcopy.errors import RefusedError
 from hotcopy.hosts import Executor
+from hotcopy.plugins import import_available
 from hotcopy.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -157,16 +158,7 @@ def load_method(name: str) -> TransferMethod:
 
 def load_all() -> list[str]:
     """Import every method that exists, so a rollback can find every undo action."""
-    loaded = []
-    for name, module in METHOD_MODULES.items():
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        loaded.append(name)
-    return loaded
+    return import_available(METHOD_MODULES)
 
 
 def method_for(runtime: Runtime, request: TransferRequest, choice: str,
