@@ -54,7 +54,7 @@ class CloneConfig(_Strict):
     lock_attempts: int = Field(default=3, ge=1, le=20)
     lock_retry_delay_s: float = Field(default=1.0, ge=0)
     preflush_dirty_pages: bool = True
-    preflush_timeout_s: float = Field(default=10, ge=0)
+    preflush_timeout_s: float = Field(default=3, ge=0)
     catchup_timeout_s: float = Field(default=600, gt=0)
     verify: Literal["checksum", "catchup"] = "checksum"
     keep_old_datadir: bool = False
