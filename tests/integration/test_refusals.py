@@ -436,9 +436,7 @@ def test_bad_fault_spec(shard: SandboxInfo, spec: str, needles: tuple[str, ...])
     refuse(shard, "replica1", "replica2", *needles, env={"HOTCOPY_FAULT": spec})
 
 
-@pytest.mark.parametrize("mode", ["--dry-run", pytest.param("--yes", marks=pytest.mark.xfail(
-    strict=True, reason="faults.parse lets float() raise ValueError: the confirmed run dies "
-                        "with a traceback (exit 1) before any check can refuse it"))])
+@pytest.mark.parametrize("mode", ["--dry-run", "--yes"])
 def test_fault_spec_with_a_fraction_that_is_no_number(shard: SandboxInfo, mode: str) -> None:
     refuse(shard, "replica1", "replica2", "kill-during", "must be a number",
            env={"HOTCOPY_FAULT": "kill-during:pull:abc"}, modes=(mode,))

@@ -49,7 +49,12 @@ def parse(spec: str) -> list[Fault]:
             raise RefusedError(f"{ENVIRONMENT_VARIABLE}: cannot read '{item}'",
                                hint="use kill-before:STEP, kill-after:STEP, fail-before:STEP, "
                                     "fail-after:STEP or kill-during:pull:0.5")
-        faults.append(Fault(kind, step, float(fraction) if fraction else 0.0))
+        try:
+            value = float(fraction) if fraction else 0.0
+        except ValueError:
+            raise RefusedError(f"{ENVIRONMENT_VARIABLE}: in '{item}' the fraction must be a "
+                               "number between 0 and 1", hint="e.g. kill-during:pull:0.5") from None
+        faults.append(Fault(kind, step, value))
     return faults
 
 
