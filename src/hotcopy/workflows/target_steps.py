@@ -18,6 +18,7 @@ from hotcopy.errors import HotcopyError
 from hotcopy.hosts import Executor, files
 from hotcopy.mysql import replication
 from hotcopy.mysql.flavor import Coordinates
+from hotcopy.mysql.flavor.base import set_global
 from hotcopy.mysql.server import Server
 from hotcopy.snapshot.base import SnapshotPlan, load_backend
 from hotcopy.transfer.base import (
@@ -213,7 +214,14 @@ def stop_target(ctx: StepContext) -> dict[str, Any]:
     if not control.is_running():
         return {"target_was_running": False, "_detail": "was not running"}
     ctx.push("mysqld.start", {"server": target})
-    ctx.runtime.server(target).close()
+    server = ctx.runtime.server(target)
+    try:
+        # The old datadir is kept only to roll back to, and InnoDB recovers it then:
+        # skip flushing the buffer pool at shutdown (seconds on a large pool).
+        server.execute(set_global("innodb_fast_shutdown", 2))
+    except HotcopyError as exc:
+        log.info("%s: fast shutdown not set (%s); a normal shutdown follows", target, exc)
+    server.close()
     control.stop()
     return {"target_was_running": True}
 
