@@ -13,15 +13,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 
+from hotcopy.config import load as load_config
 from hotcopy.errors import MySQLError
 from hotcopy.hosts import LocalExecutor
+from hotcopy.loadgen import seed
+from hotcopy.mysql import replication
 from hotcopy.mysql.connection import connect
 from hotcopy.mysql.mysqld import MysqldControl
+from hotcopy.runtime import Runtime
 from hotcopy.sandbox import SandboxInfo, down, up
 
 HERE = Path(__file__).parent.resolve()
@@ -67,6 +73,31 @@ def new_sandbox_parent() -> Path:
     parent = Path(tempfile.mkdtemp(prefix="hotcopy-it-"))
     parent.chmod(0o755)
     return parent
+
+
+@contextmanager
+def own_sandbox(*, seed_rows: int = 20_000, before_down: Callable[[Path], None] | None = None,
+                **up_options: Any) -> Iterator[SandboxInfo]:
+    """A sandbox of a test module's own (e.g. zfs or netns), seeded, always taken down."""
+    parent = new_sandbox_parent()
+    directory = parent / "sandbox"
+    try:
+        info = up(directory, **up_options)
+        if seed_rows:
+            rt = Runtime(load_config(info.config_path))
+            seed(info.address(info.master), rt.config.mysql.option_file, seed_rows)
+            for name in info.replicas:
+                replication.wait_caught_up(rt.server(name), rt.server(info.master),
+                                           timeout_s=120)
+            rt.close()
+        yield info
+    finally:
+        try:
+            if before_down is not None:
+                before_down(directory)
+            down(directory)
+        finally:
+            shutil.rmtree(parent, ignore_errors=True)
 
 
 class _Terminated(BaseException):

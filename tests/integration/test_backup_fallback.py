@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 from hotcopy import config as config_module
-from hotcopy.loadgen import WriteLoad, seed
+from hotcopy.loadgen import WriteLoad
 from hotcopy.mysql.checksum import differing_tables, table_checksums
 from hotcopy.saga import SqliteJournal
-from hotcopy.sandbox import SandboxInfo, down, up
+from hotcopy.sandbox import SandboxInfo
 
-from .conftest import new_sandbox_parent
+from .conftest import own_sandbox
 from .helpers import (
     clone_json,
     has_schema,
@@ -47,21 +47,8 @@ pytestmark = pytest.mark.skipif(shutil.which("mariabackup") is None
 @pytest.fixture(scope="module")
 def plain() -> Iterator[SandboxInfo]:
     """A shard whose datadirs are plain directories: no snapshot is possible there."""
-    parent = new_sandbox_parent()
-    try:
-        info = up(parent / "plain", filesystem="plain")
-        rt = runtime(info)
-        seed(info.address(info.master), rt.config.mysql.option_file, 20_000)
-        for name in info.replicas:
-            wait_replicating(rt.server(name), rt.server(info.master))
-        rt.close()
+    with own_sandbox(filesystem="plain", before_down=roll_back_unfinished) as info:
         yield info
-    finally:
-        try:
-            roll_back_unfinished(parent / "plain")
-            down(parent / "plain")
-        finally:
-            shutil.rmtree(parent, ignore_errors=True)
 
 
 def roll_back_unfinished(directory: Path) -> None:

@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from hotcopy.loadgen import WriteLoad, seed
+from hotcopy.loadgen import WriteLoad
 from hotcopy.mysql.checksum import differing_tables, table_checksums
 from hotcopy.saga import SqliteJournal
-from hotcopy.sandbox import SandboxInfo, down, up
+from hotcopy.sandbox import SandboxInfo
 from hotcopy.sandbox import netns as sandbox_netns
 
-from .conftest import new_sandbox_parent
+from .conftest import own_sandbox
 from .helpers import (
     clone_json,
     has_schema,
@@ -59,21 +59,8 @@ CUT_TIMEOUT_S = IO_TIMEOUT_S + 2 + CONNECT_TIMEOUT_S + 45
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[SandboxInfo]:
     """A master and two replicas, each on a host (network namespace) of its own."""
-    parent = new_sandbox_parent()
-    directory = parent / "sandbox"
-    try:
-        info = up(directory, topology="netns")
-        rt = runtime(info)
-        seed(info.address(info.master), rt.config.mysql.option_file, 20_000)
-        for name in info.replicas:
-            wait_replicating(rt.server(name), rt.server(info.master))
-        rt.close()
+    with own_sandbox(topology="netns") as info:
         yield info
-    finally:
-        try:
-            down(directory)
-        finally:
-            shutil.rmtree(parent, ignore_errors=True)
 
 
 def in_host(info: SandboxInfo, name: str, argv: list[str]) -> str:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from hotcopy.sandbox import SandboxInfo, down, up
+from hotcopy.sandbox import SandboxInfo
 
-from .conftest import new_sandbox_parent
+from .conftest import own_sandbox
 from .helpers import hotcopy, leftovers, runtime, sql_thread_running, wait_replicating
 
 NETNS_TOOLS = ("ip", "nsenter", "ssh", "ssh-keygen", "/usr/sbin/sshd", "ss", "rsync")
@@ -38,15 +38,8 @@ SOURCE, TARGET = "replica1", "replica2"
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[SandboxInfo]:
     """A master and two replicas, each on a host (network namespace) of its own."""
-    parent = new_sandbox_parent()
-    directory = parent / "sandbox"
-    try:
-        yield up(directory, topology="netns")
-    finally:
-        try:
-            down(directory)
-        finally:
-            shutil.rmtree(parent, ignore_errors=True)
+    with own_sandbox(topology="netns", seed_rows=0) as info:
+        yield info
 
 
 def password_in(option_file: Path) -> str:

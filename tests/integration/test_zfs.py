@@ -22,16 +22,16 @@ from typing import Any
 import pytest
 
 from hotcopy.hosts import LocalExecutor
-from hotcopy.loadgen import WriteLoad, seed
+from hotcopy.loadgen import WriteLoad
 from hotcopy.mysql.checksum import differing_tables, table_checksums
 from hotcopy.mysql.mysqld import MysqldControl
 from hotcopy.saga import JobState, SqliteJournal
-from hotcopy.sandbox import SandboxInfo, down, up
+from hotcopy.sandbox import SandboxInfo
 from hotcopy.sandbox.layout import load_state
 from hotcopy.snapshot import zfs
 from hotcopy.snapshot.zfs import BACKEND
 
-from .conftest import new_sandbox_parent
+from .conftest import own_sandbox
 from .helpers import (
     clone_json,
     has_schema,
@@ -67,21 +67,8 @@ def run(*argv: str, check: bool = True) -> str:
 
 @pytest.fixture(scope="module")
 def zfs_sandbox() -> Iterator[SandboxInfo]:
-    parent = new_sandbox_parent()
-    directory = parent / "sandbox"
-    try:
-        info = up(directory, filesystem="zfs")
-        rt = runtime(info)
-        seed(info.address(info.master), rt.config.mysql.option_file, 20_000)
-        for name in info.replicas:
-            wait_replicating(rt.server(name), rt.server(info.master))
-        rt.close()
+    with own_sandbox(filesystem="zfs") as info:
         yield info
-    finally:
-        try:
-            down(directory)
-        finally:
-            shutil.rmtree(parent, ignore_errors=True)
 
 
 def pools(info: SandboxInfo) -> list[str]:
