@@ -59,7 +59,7 @@ def test_existing_parent_directory_is_left_alone(tmp_path: Path) -> None:
 def test_pragmas_and_schema_version(journal: SqliteJournal, tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "journal.sqlite")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     db.close()
 
 
@@ -244,6 +244,7 @@ def test_concurrent_lockers_from_separate_connections_get_one_winner(tmp_path: P
 
     def contend(job_id: str) -> None:
         j = SqliteJournal(path)
+        j.claim_job(job_id, "ctl", os.getpid())  # a lock is taken by the job's owner
         barrier.wait()
         try:
             j.acquire_locks(job_id, ["shard:s1", "server:db2"])
