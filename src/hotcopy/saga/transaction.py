@@ -270,6 +270,9 @@ class Transaction:
             # A rollback in a fresh process takes the job over first (refused while
             # its owner lives); from here on every write is fenced by that claim.
             self.journal.claim_job(self.job_id, socket.gethostname(), os.getpid())
+            job = self.journal.get_job(self.job_id)  # a rival may have finished meanwhile
+            if job.state in TERMINAL_STATES and not self.pending():
+                return RollbackReport(done=[], failed=[])
         done: list[UndoEntry] = []
         failed: list[UndoEntry] = []
         with _hold_signals("rollback in progress; it will finish", redeliver=False):
