@@ -152,7 +152,8 @@ class EtcdClient:
                                 f"'{self._user}': {message}")
         self._token = str(answer["token"])
 
-    def call(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def call(self, path: str, body: Mapping[str, Any], *,
+             rounds: int | None = None) -> dict[str, Any]:
         """POST to the gateway, failing over between endpoints, a bounded number of rounds.
 
         A request that timed out may have been applied; every caller (the journal) makes
@@ -160,7 +161,8 @@ class EtcdClient:
         """
         tried: list[tuple[str, str]] = []
         with self._lock:
-            for round_ in range(self.rounds):
+            total = self.rounds if rounds is None else rounds
+            for round_ in range(total):
                 for offset in range(len(self.endpoints)):
                     index = (self._current + offset) % len(self.endpoints)
                     endpoint = self.endpoints[index]
@@ -193,7 +195,7 @@ class EtcdClient:
                     if status == 404 and not message:
                         message = f"{path} not found (is this etcd >= 3.4 with its gateway?)"
                     raise EtcdError(f"etcd at {endpoint}{path}: {message or status}")
-                if round_ + 1 < self.rounds:
+                if round_ + 1 < total:
                     time.sleep(min(0.2 * 2 ** round_, 2.0))
         raise EtcdUnavailable(tried[-2 * len(self.endpoints):])
 
@@ -233,8 +235,8 @@ class EtcdClient:
         return int(answer.get("TTL", -1))
 
     def lease_revoke(self, lease_id: int) -> None:
-        try:
-            self.call("/v3/lease/revoke", {"ID": str(lease_id)})
+        try:  # one pass only: an unreachable etcd lets the lease expire by itself
+            self.call("/v3/lease/revoke", {"ID": str(lease_id)}, rounds=1)
         except EtcdError as exc:
             if "not found" not in str(exc):
                 raise

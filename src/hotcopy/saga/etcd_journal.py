@@ -562,7 +562,8 @@ class EtcdJournal:
         self._owned.clear()
 
     def close(self) -> None:
-        self.revoke_lease()
+        if self._lease_id or self._keeper is not None:
+            self.revoke_lease()
 
     def __enter__(self) -> EtcdJournal:
         return self
