@@ -9,16 +9,21 @@ of a password prompt that would hang an unattended run.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import logging
 import os
 import shlex
+import shutil
+import stat
 import subprocess
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from hotcopy.errors import CommandError
+from hotcopy.errors import CommandError, RefusedError
 from hotcopy.hosts.base import CommandResult, LineCallback, command_failed
 from hotcopy.hosts.local import stream_process
 
@@ -31,8 +36,55 @@ class SshOptions:
     identity_file: str | None = None
     connect_timeout: int = 10
     extra_options: tuple[str, ...] = field(default_factory=tuple)
-    control_dir: str = field(default_factory=lambda: os.path.join(tempfile.gettempdir(),
-                                                                  "hotcopy-ssh"))
+    #: Where the multiplexing sockets live. None: a directory of this process's own
+    #: (mkdtemp, 0700). A given one must be a real directory owned by us, mode 0700.
+    control_dir: str | None = None
+
+
+_process_dir: dict[str, str] = {}  # "path": this process's own, made on first use
+_process_dir_lock = threading.Lock()
+
+
+def _remove_process_dir() -> None:
+    if "path" in _process_dir:
+        shutil.rmtree(_process_dir["path"], ignore_errors=True)
+
+
+def control_dir(configured: str | None) -> str:
+    """A directory for ControlPath sockets that no other local user can have planted.
+
+    Whoever owns the directory can put a fake mux master in it, and every command
+    (the rsync secret, tokens, the admin option file) would flow through it. A fixed
+    name under /tmp can be created first by anyone, so the default is a fresh mkdtemp
+    per process (unguessable, created 0700 atomically); a configured one is checked.
+    """
+    if configured is not None:
+        return ensure_private_dir(configured)
+    with _process_dir_lock:
+        if "path" not in _process_dir:
+            _process_dir["path"] = tempfile.mkdtemp(prefix="hotcopy-ssh-")
+            atexit.register(_remove_process_dir)
+        return _process_dir["path"]
+
+
+def ensure_private_dir(path: str) -> str:
+    """path as a directory of ours with mode 0700, created if missing; refused otherwise."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    problem = None
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory (a symlink or file is never followed)"
+    elif info.st_uid != os.geteuid():
+        problem = f"is owned by uid {info.st_uid}, not by us (uid {os.geteuid()})"
+    elif info.st_mode & 0o077:
+        problem = f"has mode {stat.S_IMODE(info.st_mode):o}; it must be 0700"
+    if problem:
+        raise RefusedError(f"ssh control directory {path} {problem}: another user could "
+                           "intercept every ssh command through it",
+                           hint="remove it, or point the ssh control directory elsewhere; "
+                                "hotcopy creates it 0700 itself")
+    return path
 
 
 class SshExecutor:
@@ -47,7 +99,7 @@ class SshExecutor:
         return self.destination
 
     def _base_argv(self) -> list[str]:
-        os.makedirs(self.options.control_dir, mode=0o700, exist_ok=True)
+        directory = control_dir(self.options.control_dir)
         # One master per destination *and* way of reaching it: two servers on one address
         # (other ports) or with other keys must never share a multiplexed connection.
         identity = "\0".join([self.destination, self.options.known_hosts or "",
@@ -58,7 +110,7 @@ class SshExecutor:
             "-o", "BatchMode=yes",
             "-o", f"ConnectTimeout={self.options.connect_timeout}",
             "-o", "ControlMaster=auto",
-            "-o", f"ControlPath={self.options.control_dir}/{digest}",
+            "-o", f"ControlPath={directory}/{digest}",
             "-o", "ControlPersist=60",
             "-o", "ServerAliveInterval=10",
             "-o", "ServerAliveCountMax=3",

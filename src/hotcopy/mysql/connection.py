@@ -1,7 +1,8 @@
 """Connections to the servers of a shard, with credentials from option files only.
 
-Passwords never appear in argv, logs, the journal or error messages: PyMySQL reads
-them from the ``[client]`` group of an option file, exactly as the mysql client does.
+Passwords never appear in argv, logs, the journal or error messages: they come from the
+``[client]`` group of an option file (hotcopy.mysql.option_file), which gives only the
+account and TLS settings; where a session goes comes from the config alone.
 Driver errors are translated into messages that say which server and what to check.
 """
 
@@ -17,6 +18,7 @@ import pymysql
 import pymysql.cursors
 
 from hotcopy.errors import MySQLError
+from hotcopy.mysql.option_file import ClientOptions, read_client_options
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ class ServerAddress:
     name: str
     host: str
     port: int
+    #: Set only by code that owns the server (the sandbox's root login); never read from
+    #: an option file, where a stray socket= would redirect every session.
+    unix_socket: str | None = None
 
     def __str__(self) -> str:
         return f"{self.name} ({self.host}:{self.port})"
@@ -81,18 +86,26 @@ class Connection:
 
 def connect(
     address: ServerAddress,
-    option_file: str,
+    option_file: str | None,
     *,
     connect_timeout: float = 5,
     read_timeout: float | None = None,
 ) -> Connection:
-    """Open a session as the account in option_file's ``[client]`` group."""
+    """Open a session as the account in option_file's ``[client]`` group.
+
+    Without an option file the session logs in as the OS user (unix_socket
+    authentication, with address.unix_socket): no password exists then.
+    """
+    options = read_client_options(option_file) if option_file else ClientOptions()
     try:
         raw = pymysql.connect(
             host=address.host,
             port=address.port,
-            read_default_file=option_file,
-            read_default_group="client",
+            unix_socket=address.unix_socket,
+            user=options.user,
+            password=options.password or "",
+            ssl=options.ssl or None,
+            ssl_disabled=options.ssl_disabled or None,
             connect_timeout=connect_timeout,
             # PyMySQL reads the server's greeting with read_timeout, not connect_timeout:
             # a mysqld that accepts TCP but is stuck in startup would hang us forever.

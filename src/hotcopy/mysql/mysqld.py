@@ -208,7 +208,7 @@ class MysqldControl:
         defaults_file: str,
         service: str | None,
         address: ServerAddress,
-        option_file: str,
+        option_file: str | None,
         binary: str = "mariadbd",
     ) -> None:
         self.name = name
@@ -393,7 +393,7 @@ class MysqldControl:
                 if error_code(exc) == ER_ACCESS_DENIED:
                     raise MySQLError(
                         f"{self.name}: mysqld is up but refuses the admin account "
-                        f"of {self.option_file}", hint=exc.hint) from exc
+                        f"of {self.option_file or 'the unix socket login'}", hint=exc.hint) from exc
                 last_error = exc.message
             else:
                 conn.close()

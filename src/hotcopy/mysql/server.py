@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -11,6 +13,16 @@ from hotcopy.mysql.connection import Connection, Row, ServerAddress, connect
 from hotcopy.mysql.flavor import Flavor, Statement, detect
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    server_id: int
+    hostname: str
+    datadir: str
+
+    def __str__(self) -> str:
+        return f"server_id {self.server_id}, {self.hostname}:{self.datadir}"
 
 
 class Server:
@@ -72,6 +84,13 @@ class Server:
     def status_variable(self, name: str) -> Any:
         row = self.one(("SHOW GLOBAL STATUS LIKE %s", (name,)))
         return None if row is None else row["Value"]
+
+    def identity(self) -> ServerIdentity:
+        """Who answers at this address: tells three configured servers truly apart."""
+        row = self.one(("SELECT @@server_id AS server_id, @@hostname AS hostname, "
+                        "@@datadir AS datadir", ())) or {}
+        return ServerIdentity(int(row.get("server_id") or 0), str(row.get("hostname") or ""),
+                              os.path.normpath(str(row.get("datadir") or "")))
 
     def forget_flavor(self) -> None:
         """After the server was replaced (new datadir), its version may differ."""

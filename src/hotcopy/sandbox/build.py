@@ -52,9 +52,10 @@ def control(paths: ServerPaths, spec: ServerSpec, option_file: Path | None = Non
     group of the server's my.cnf (MariaDB's default unix_socket authentication for
     root): no password exists for that, so none can leak.
     """
+    socket = None if option_file else str(paths.socket)
     return MysqldControl(spec.name, host_executor(spec), str(paths.cnf), None,
-                         ServerAddress(spec.name, spec.address, spec.port),
-                         str(option_file or paths.cnf))
+                         ServerAddress(spec.name, spec.address, spec.port, socket),
+                         str(option_file) if option_file else None)
 
 
 def host_executor(spec: ServerSpec) -> Executor:
@@ -154,7 +155,8 @@ def native_password_hash(password: str) -> str:
 
 
 def root_session(paths: ServerPaths, spec: ServerSpec) -> Connection:
-    return connect(ServerAddress(spec.name, HOST, spec.port), str(paths.cnf), connect_timeout=5)
+    return connect(ServerAddress(spec.name, HOST, spec.port, str(paths.socket)), None,
+                   connect_timeout=5)
 
 
 def seed_master(paths: ServerPaths, spec: ServerSpec, admin_password: str,

@@ -23,7 +23,7 @@ from hotcopy.runtime import Runtime
 from hotcopy.saga import Job, Journal
 from hotcopy.snapshot.base import backend_for, inside
 from hotcopy.transfer.base import STATIC_EXCLUDES, is_excluded, log_excludes
-from hotcopy.workflows import faults
+from hotcopy.workflows import faults, preflight_servers
 
 #: Steps that report progress, so a kill-during fault can fire inside them.
 PROGRESS_STEPS = ("pull", "backup_stream")
@@ -92,6 +92,9 @@ def run(runtime: Runtime, journal: Journal, source: str, target: str,
         return report
     _check_master(report, runtime, status)
     _check_target_sql(report, runtime, target, status)
+    if not report.errors:
+        preflight_servers.check_distinct(report, runtime, source, target,
+                                         report.facts["master"].get("name"), status)
     src_exec, tgt_exec = runtime.executor(source), runtime.executor(target)
     _check_tools(report, src_exec, "source", ["rsync", "find", "stat", "findmnt"])
     _check_tools(report, tgt_exec, "target", ["rsync", "stat", "df", "chown"])

@@ -7,7 +7,6 @@ datadir stays next to the new one until the new one replicates.
 
 from __future__ import annotations
 
-import configparser
 import logging
 import os
 import threading
@@ -19,6 +18,7 @@ from hotcopy.hosts import Executor, files
 from hotcopy.mysql import replication
 from hotcopy.mysql.flavor import Coordinates
 from hotcopy.mysql.flavor.base import set_global
+from hotcopy.mysql.option_file import read_client_options
 from hotcopy.mysql.server import Server
 from hotcopy.snapshot.base import SnapshotPlan, load_backend
 from hotcopy.transfer.base import (
@@ -271,13 +271,9 @@ def replication_account(ctx: StepContext, coords: Coordinates) -> tuple[str, str
     """From [replication] option_file, else the source's own master.info (never logged)."""
     option_file = ctx.runtime.config.replication.option_file
     if option_file:
-        parser = configparser.ConfigParser(allow_no_value=True, interpolation=None)
-        parser.read(option_file)
-        if parser.has_section("client"):
-            user = (parser.get("client", "user", fallback="") or "").strip("'\"")
-            password = (parser.get("client", "password", fallback="") or "").strip("'\"")
-            if user:
-                return user, password
+        options = read_client_options(option_file)  # the mysql client's syntax, quotes too
+        if options.user:
+            return options.user, options.password or ""
         raise HotcopyError(f"replication.option_file {option_file} has no [client] user")
     source = ctx.params["source"]
     server = ctx.runtime.server(source)

@@ -43,6 +43,8 @@ class ReplicaStatus:
     channel: str = ""
     relay_log_file: str = ""
     relay_log_pos: int = 0
+    #: @@server_id of the server the IO thread last reached (0 before it connected).
+    master_server_id: int = 0
 
     @property
     def running(self) -> bool:

@@ -92,6 +92,7 @@ class MariaDB:
             channel=str(row.get("Connection_name") or ""),
             relay_log_file=str(row.get("Relay_Log_File") or ""),
             relay_log_pos=_int(row.get("Relay_Log_Pos")),
+            master_server_id=_int(row.get("Master_Server_Id")),
         )
 
     def lock_ladder(self) -> list[LockStage]:

@@ -111,6 +111,7 @@ class MySQL:
             channel=str(row.get("Channel_Name") or ""),
             relay_log_file=str(row.get("Relay_Log_File") or ""),
             relay_log_pos=_int(row.get("Relay_Log_Pos")),
+            master_server_id=_int(col("Source_Server_Id", "Master_Server_Id")),
         )
 
     def lock_ladder(self) -> list[LockStage]:
