@@ -249,28 +249,49 @@ def locks(config_path: str, as_json: bool) -> None:
 @click.argument("names", nargs=-1, metavar="[NAME ...]")
 @click.option("--fix", is_flag=True,
               help="Apply the safe online fixes (ALTER ... ENGINE=InnoDB, SET GLOBAL/PERSIST, "
-                   "GTID positioning), then audit again; never skips a replication event.")
+                   "GTID positioning), then audit again; lists them and asks first; never "
+                   "skips a replication event.")
+@click.option("--dry-run", is_flag=True,
+              help="List what --fix would do (every statement, what it pauses); change "
+                   "nothing.")
+@click.option("--yes", "-y", is_flag=True,
+              help="With --fix: do not ask (needed without a terminal).")
 @JSON_OPTION
-def audit(config_path: str, names: tuple[str, ...], fix: bool, as_json: bool) -> None:
+def audit(config_path: str, names: tuple[str, ...], fix: bool, dry_run: bool, yes: bool,
+          as_json: bool) -> None:
     """Check that replicas are crash-safe: severity, why it matters, the exact fix.
 
     \b
-    Audits every server of the config, or the NAMEs given. Exit codes: 0 no problem,
-    1 problems found (or left after --fix; fixes that need a restart are listed with
-    their config lines), 2 bad input (unknown name, invalid config).
+    Audits every server of the config, or the NAMEs given: where the replication
+    position lives, durability settings, tables without a primary key, tables in
+    non-transactional engines. Exit codes: 0 no problem, 1 problems found (or left
+    after --fix; fixes that need a restart are listed with their config lines),
+    2 bad input (unknown name, invalid config) or --fix not confirmed (nothing
+    changed), 3 a server could not be audited (unreachable; no verdict for it).
 
     \b
     Example:
       hotcopy audit --config shard1.toml
+      hotcopy audit --config shard1.toml db3 --fix --dry-run
       hotcopy audit --config shard1.toml db3 --fix
     """
     from hotcopy.workflows import audit as workflow
+
+    def confirm(plan: list[dict[str, Any]]) -> bool:
+        if not sys.stdin.isatty():
+            raise RefusedError("refusing to change servers without confirmation: nothing "
+                               "was changed", hint="add --yes, or --dry-run to list the "
+                                                   "fixes")
+        for line in workflow.render_plan(plan):
+            err_console.print(line)
+        return click.confirm("Apply these fixes?", err=True)
 
     def run() -> None:
         config, _ = _open(config_path)
         runtime = Runtime(config)
         try:
-            report = workflow.run(runtime, list(names), fix=fix)
+            report = workflow.run(runtime, list(names), fix=fix, dry_run=dry_run,
+                                  confirm=None if yes else confirm)
         finally:
             runtime.close()
         if as_json:

@@ -160,7 +160,7 @@ def test_flags_a_replica_that_is_not_crash_safe_and_fixes_it_online(
     assert found["sync_binlog"]["fix"]["sql"] == ["SET GLOBAL sync_binlog = 1"]
     assert not server_entry(report, "replica2")["crash_safe"]
 
-    code, fixed = audit(shard, "replica2", "--fix")
+    code, fixed = audit(shard, "replica2", "--fix", "--yes")
     assert code == 0, findings(fixed, "replica2")
     assert {f["check"] for f in server_entry(fixed, "replica2")["fixes_applied"]
             if f["state"] == "fixed"} >= set(expected)
@@ -216,7 +216,7 @@ def test_restart_only_settings_are_listed_with_their_config_lines(
             f"MASTER_PORT = {shard.ports['replica1']}", "START SLAVE")
         assert wait_for(lambda: replication.replicas_of(rt.server("replica1")), 20)
 
-        code, report = audit(shard, "replica1", "--fix")
+        code, report = audit(shard, "replica1", "--fix", "--yes")
         assert code == 1
         found = findings(report, "replica1")
         chain = found["log_slave_updates"]
@@ -256,7 +256,7 @@ def test_duplicate_key_with_position_behind_data_is_diagnosed_never_skipped(
     status = stopped_on_error(replica)
     assert status.last_sql_errno == 1062
 
-    code, report = audit(shard, "replica2", "--fix")
+    code, report = audit(shard, "replica2", "--fix", "--yes")
     assert code == 1
     (diagnosis,) = server_entry(report, "replica2")["diagnoses"]
     assert diagnosis["verdict"] == "position_behind_data"
@@ -315,7 +315,7 @@ def test_conflicting_row_and_missing_row_are_told_apart(shard: SandboxInfo,
     run(replica, "DELETE FROM app.audit_probe WHERE id = 2")  # a row lost on the replica
     write(master, "UPDATE app.audit_probe SET v = 22 WHERE id = 2")
     assert stopped_on_error(replica).last_sql_errno == 1032
-    code, report = audit(shard, "replica1", "--fix")
+    code, report = audit(shard, "replica1", "--fix", "--yes")
     assert code == 1
     (diagnosis,) = server_entry(report, "replica1")["diagnoses"]
     assert diagnosis["verdict"] == "data_missing"

@@ -274,7 +274,7 @@ def test_non_transactional_position_fails_as_the_audit_predicts(shard: SandboxIn
     if error is not None:
         assert error.last_sql_errno in (1062, 1032, 1950), error.last_sql_error
         before = replica.scalar(("SELECT @@GLOBAL.gtid_slave_pos", ()))
-        code, report = audit_json(shard, "replica1", "--fix")
+        code, report = audit_json(shard, "replica1", "--fix", "--yes")
         assert code == 1
         (diagnosis,) = report["servers"][0]["diagnoses"]
         print(f"diagnosis: {diagnosis['verdict']} at {diagnosis.get('gtid')} on "

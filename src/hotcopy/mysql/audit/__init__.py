@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from hotcopy.errors import MySQLError
-from hotcopy.mysql.audit import mariadb, mysql
+from hotcopy.mysql.audit import data, mariadb, mysql
 from hotcopy.mysql.audit.diagnose import DIAGNOSED_ERRORS, RunOnHost, diagnose
 from hotcopy.mysql.audit.facts import Facts, gather
 from hotcopy.mysql.audit.fixes import MasterFor, apply_all
@@ -48,6 +48,7 @@ OptionsReader = Callable[[], tuple[dict[str, str], str]]
 
 def run_checks(facts: Facts) -> list[Finding]:
     findings = mariadb.checks(facts) if facts.flavor.name == "mariadb" else mysql.checks(facts)
+    findings += data.checks(facts)
     findings += replication_state(facts)
     if facts.configured is None and facts.configured_source:
         findings.append(Finding("config_file", INFO,
@@ -103,9 +104,10 @@ def audit_server(
     try:
         facts = gather(server, options=options)
     except MySQLError as exc:
+        # Nothing is known about it: no findings and no verdict, only why (see status).
         result.role = "unreachable"
-        result.add(Finding("reachable", CRITICAL, exc.message,
-                           exc.hint or "an audit needs an admin session on the server"))
+        result.error = {"message": exc.message,
+                        "hint": exc.hint or "an audit needs an admin session on the server"}
         return result
     findings = run_checks(facts)
     # Before any fix: the evidence is what the replica looked like when it stopped.
@@ -113,7 +115,7 @@ def audit_server(
         if channel.last_sql_errno in DIAGNOSED_ERRORS:
             result.diagnoses.append(diagnose(server, facts, channel, run_on_host))
     if fix:
-        wanted = [f for f in findings if only is None or f.check in only]
+        wanted = [f for f in findings if only is None or f.check in only or f.key in only]
         result.applied = apply_all(server, wanted, master_for or (lambda _channel: None))
         if result.applied:
             facts = gather(server, options=options)
@@ -123,4 +125,5 @@ def audit_server(
                    "master" if facts.downstream else "standalone")
     result.findings = findings
     result.facts = _summary(facts)
+    result.data = data.lists(facts, findings)
     return result

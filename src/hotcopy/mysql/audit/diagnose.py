@@ -93,7 +93,36 @@ def diagnose(server: Server, facts: Facts, channel: ReplicaStatus,
     result["verdict"] = verdict
     result["explanation"] = ADVICE[verdict]
     result["what_to_do"] = _what_to_do(server, facts, channel, verdict, result.get("gtid", ""))
+    _note_keyless_table(facts, channel, result)
     return result
+
+
+KEYLESS_ADVICE = (
+    "{table} has no primary key or NOT NULL unique key: the replica finds its rows by "
+    "comparing whole rows, so 'not found' also means a row that differs in any column, "
+    "and a transaction applied twice or skipped on it goes unnoticed until an error like "
+    "this one. ")
+
+
+def _note_keyless_table(facts: Facts, channel: ReplicaStatus, result: dict[str, Any]) -> None:
+    """Say so when the failing event's table has no key a row can be identified by."""
+    name = result.get("table")
+    if not name:
+        match = _TABLE.search(channel.last_sql_error)
+        name = f"{match.group(1)}.{match.group(2)}" if match else ""
+    if not name or "." not in name:
+        return
+    schema, table_name = name.split(".", 1)
+    table = facts.table(schema, table_name)
+    if table is None:
+        return
+    result["table"] = name
+    result["table_has_key"] = table.row_key is not None
+    if table.row_key is None:
+        result["explanation"] = KEYLESS_ADVICE.format(table=name) + result["explanation"]
+        result["what_to_do"].append(
+            f"Give {name} a primary key (see its keyless_table finding), on the master, "
+            "once replication runs again: later stops on it can then be told apart.")
 
 
 def _strict_mode_stop(facts: Facts, channel: ReplicaStatus) -> tuple[str, str, str]:

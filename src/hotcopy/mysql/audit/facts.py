@@ -20,6 +20,42 @@ log = logging.getLogger(__name__)
 
 TRANSACTIONAL_ENGINES = frozenset({"innodb", "rocksdb", "tokudb", "ndbcluster"})
 
+
+@dataclass(frozen=True)
+class UniqueKey:
+    name: str
+    columns: tuple[str, ...]
+    nullable: tuple[str, ...]  # the columns of the key that admit NULL
+
+    @property
+    def identifies_rows(self) -> bool:
+        return self.name == "PRIMARY" or not self.nullable
+
+
+@dataclass(frozen=True)
+class TableFacts:
+    """One user table as the catalog describes it (rows: estimate for InnoDB)."""
+
+    schema: str
+    name: str
+    engine: str
+    rows: int
+    data_bytes: int
+    row_format: str = ""
+    create_options: str = ""
+    keys: tuple[UniqueKey, ...] = ()
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def row_key(self) -> UniqueKey | None:
+        """The key a replica can find a row by: the primary key, else a NOT NULL unique."""
+        usable = [k for k in self.keys if k.identifies_rows]
+        usable.sort(key=lambda k: (k.name != "PRIMARY", len(k.columns), k.name))
+        return usable[0] if usable else None
+
 _TRUE = {"ON", "1", "TRUE", "YES"}
 _FALSE = {"OFF", "0", "FALSE", "NO"}
 
@@ -42,6 +78,7 @@ class Facts:
     channels: list[ReplicaStatus] = field(default_factory=list)
     position_engines: dict[str, str] = field(default_factory=dict)
     user_tables: dict[str, list[str]] = field(default_factory=dict)  # engine -> tables
+    tables: list[TableFacts] = field(default_factory=list)
     downstream: list[str] = field(default_factory=list)
     read_only: dict[str, bool] = field(default_factory=dict)
     #: options of the server's defaults file (dashes, lower case), None when unread
@@ -98,12 +135,42 @@ class Facts:
     def binlogging(self) -> bool:
         return self.is_on("log_bin")
 
+    def table(self, schema: str, name: str) -> TableFacts | None:
+        return next((t for t in self.tables if t.schema == schema and t.name == name), None)
+
     def engines_of_user_tables(self) -> set[str]:
         return {e.lower() for e in self.user_tables}
 
-    def non_transactional_tables(self) -> dict[str, list[str]]:
-        return {e: t for e, t in self.user_tables.items()
-                if e.lower() not in TRANSACTIONAL_ENGINES}
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def read_tables(server: Server) -> list[TableFacts]:
+    """Every user table with its unique keys: two catalog reads for the whole server,
+    however many tables it has (no per-table statement)."""
+    keys: dict[tuple[str, str], dict[str, tuple[list[str], list[str]]]] = {}
+    for row in server.query(sql.data_unique_keys()):
+        index = keys.setdefault((str(row["TABLE_SCHEMA"]), str(row["TABLE_NAME"])), {})
+        columns, nullable = index.setdefault(str(row["INDEX_NAME"]), ([], []))
+        column = str(row["COLUMN_NAME"])
+        columns.append(column)
+        if str(row["NULLABLE"] or "").upper() == "YES":
+            nullable.append(column)
+    tables = []
+    for row in server.query(sql.data_tables()):
+        schema, name = str(row["TABLE_SCHEMA"]), str(row["TABLE_NAME"])
+        indexes = keys.get((schema, name), {})
+        tables.append(TableFacts(
+            schema, name, str(row["ENGINE"] or ""), _int(row["TABLE_ROWS"]),
+            _int(row["DATA_LENGTH"]), str(row["ROW_FORMAT"] or ""),
+            str(row["CREATE_OPTIONS"] or ""),
+            tuple(UniqueKey(index, tuple(cols), tuple(nulls))
+                  for index, (cols, nulls) in indexes.items())))
+    return tables
 
 
 def _rows_to_map(rows: list[dict[str, Any]], key: str, value: str) -> dict[str, Any]:
@@ -123,10 +190,9 @@ def gather(server: Server, *, options: Callable[[], tuple[dict[str, str], str]] 
         str(r["TABLE_NAME"]): str(r["ENGINE"] or "")
         for r in server.query(sql.table_engines("mysql", flavor.position_tables(),
                                                 flavor.position_table_prefix()))}
-    for row in server.query(sql.user_table_engines()):
-        engine = str(row["ENGINE"] or "unknown")
-        facts.user_tables.setdefault(engine, []).append(
-            f"{row['TABLE_SCHEMA']}.{row['TABLE_NAME']}")
+    facts.tables = read_tables(server)
+    for table in facts.tables:
+        facts.user_tables.setdefault(table.engine or "unknown", []).append(table.full_name)
     facts.downstream = [str(r["HOST"]) for r in server.query(flavor.binlog_dump_threads())]
     info = flavor.variable_info()
     if info is not None:

@@ -33,9 +33,7 @@ MasterFor = Callable[[ReplicaStatus], Server | None]
 
 
 def applicable(finding: Finding) -> bool:
-    fix = finding.fix
-    return bool(finding.is_problem and fix is not None and fix.online and not fix.restart
-                and fix.statements)
+    return finding.applies_online
 
 
 def apply_all(server: Server, findings: list[Finding], master_for: MasterFor) -> list[Finding]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from hotcopy.mysql.audit.common import Setting, binlog_checks, check_setting
 from hotcopy.mysql.audit.facts import TRANSACTIONAL_ENGINES, Facts
 from hotcopy.mysql.audit.model import CRITICAL, INFO, OK, WARNING, Finding, Fix
-from hotcopy.mysql.flavor import Statement
 from hotcopy.mysql.flavor import catalog as sql
 
 #: What a MariaDB 10.x/11.x server runs with when its config says nothing.
@@ -77,22 +76,11 @@ def position_tables(facts: Facts, replication_running: bool) -> list[Finding]:
 
 
 def engines(facts: Facts) -> list[Finding]:
-    """User tables: non-transactional ones, and gtid_pos_auto_engines for other engines."""
+    """gtid_pos_auto_engines for user tables in other transactional engines.
+
+    (Tables in non-transactional engines are the data audit's: data.py.)
+    """
     findings: list[Finding] = []
-    loose = facts.non_transactional_tables()
-    if loose:
-        tables = sorted(t for names in loose.values() for t in names)
-        shown = ", ".join(tables[:10]) + (f" and {len(tables) - 10} more" if len(tables) > 10
-                                          else "")
-        findings.append(Finding(
-            "non_transactional_tables", WARNING,
-            f"{len(tables)} user table(s) in non-transactional engines "
-            f"({', '.join(sorted(loose))}): {shown}",
-            "a crash while a transaction is applied leaves its changes to these tables "
-            "half-done; they are then re-applied or lost, whatever the position says",
-            Fix(statements=[_to_innodb(t) for t in tables[:10]],
-                online=False, note="rebuilds each table (time and locks on big tables): "
-                "run them when convenient, not from the audit")))
     others = sorted(e for e in facts.engines_of_user_tables()
                     if e in TRANSACTIONAL_ENGINES and e != "innodb")
     if others:
@@ -110,15 +98,7 @@ def engines(facts: Facts) -> list[Finding]:
                 "all without the binlog)",
                 Fix(statements=[facts.flavor.set_variable("gtid_pos_auto_engines", value)],
                     config_lines=[f"gtid_pos_auto_engines = {value}"])))
-    if not findings:
-        findings.append(Finding("user_table_engines", OK,
-                                "all user tables are in transactional engines"))
     return findings
-
-
-def _to_innodb(table: str) -> Statement:
-    schema, name = table.split(".", 1)
-    return sql.alter_engine(schema, name, "InnoDB")
 
 
 def gtid_positioning(facts: Facts) -> list[Finding]:

@@ -67,7 +67,8 @@ class Fix:
         return {"sql": [show_sql(s) for s in self.statements],
                 "config_lines": list(self.config_lines), "restart": self.restart,
                 "online": self.online and bool(self.statements) and not self.restart,
-                "stop_replication": self.stop_replication, "note": self.note}
+                "stop_replication": self.stop_replication, "no_binlog": self.no_binlog,
+                "note": self.note}
 
 
 @dataclass
@@ -80,6 +81,8 @@ class Finding:
     #: problem -> fixed (by --fix) | fix-failed; ok/info findings stay "ok".
     state: str = "ok"
     fix_error: str = ""
+    #: What the finding is about when a check reports many (a table: "schema.table").
+    subject: str = ""
 
     def __post_init__(self) -> None:
         if self.severity in PROBLEM_SEVERITIES and self.state == "ok":
@@ -89,12 +92,26 @@ class Finding:
     def is_problem(self) -> bool:
         return self.state in ("problem", "fix-failed")
 
+    @property
+    def applies_online(self) -> bool:
+        """--fix would apply it: a problem with online statements, no restart needed."""
+        fix = self.fix
+        return bool(self.is_problem and fix is not None and fix.online and not fix.restart
+                    and fix.statements)
+
+    @property
+    def key(self) -> str:
+        """Names one finding among a server's (what a confirmed fix plan lists)."""
+        return f"{self.check}:{self.subject}" if self.subject else self.check
+
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"check": self.check, "severity": self.severity,
                                 "state": self.state, "message": self.message, "why": self.why,
                                 "fix": self.fix.as_dict() if self.fix else None}
         if self.fix_error:
             data["fix_error"] = self.fix_error
+        if self.subject:
+            data["subject"] = self.subject
         return data
 
 
@@ -109,6 +126,10 @@ class ServerAudit:
     facts: dict[str, Any] = field(default_factory=dict)
     #: Fixes --fix attempted (state fixed or fix-failed); ``findings`` is the re-check.
     applied: list[Finding] = field(default_factory=list)
+    #: Why the server could not be audited (role "unreachable"): message and hint.
+    error: dict[str, str] = field(default_factory=dict)
+    #: The data audit's lists (tables without a key, in non-transactional engines).
+    data: dict[str, Any] = field(default_factory=dict)
 
     def add(self, finding: Finding) -> None:
         self.findings.append(finding)
@@ -116,6 +137,23 @@ class ServerAudit:
     @property
     def problems(self) -> list[Finding]:
         return [f for f in self.findings if f.is_problem]
+
+    @property
+    def reachable(self) -> bool:
+        return self.role != "unreachable"
+
+    @property
+    def status(self) -> str:
+        """crash-safe | not-crash-safe | unreachable (nothing known: no verdict)."""
+        if not self.reachable:
+            return "unreachable"
+        return "crash-safe" if self.crash_safe else "not-crash-safe"
+
+    def fix_plan(self) -> list[dict[str, Any]]:
+        """What --fix would do on this server, in order (nothing is run to find out)."""
+        return [{"server": self.server, "key": f.key, "check": f.check,
+                 "message": f.message, **(f.fix.as_dict() if f.fix else {})}
+                for f in self.findings if f.applies_online]
 
     @property
     def crash_safe(self) -> bool:
@@ -129,7 +167,10 @@ class ServerAudit:
 
     def as_dict(self) -> dict[str, Any]:
         return {"server": self.server, "flavor": self.flavor, "version": self.version,
-                "role": self.role, "crash_safe": self.crash_safe,
+                "role": self.role, "status": self.status,
+                "crash_safe": self.crash_safe if self.reachable else None,
+                "error": dict(self.error), "data": dict(self.data),
+                "fix_plan": self.fix_plan(),
                 "problems": len(self.problems),
                 "findings": [f.as_dict() for f in self.sorted_findings()],
                 "fixes_applied": [f.as_dict() for f in self.applied],

@@ -94,3 +94,47 @@ def compare_row(schema: str, table: str, key: list[tuple[str, str, Any]],
     args = tuple(v for _, _, v in values) + tuple(v for _, _, v in key)
     return (f"SELECT {', '.join(selected)} FROM {quote_identifier(schema)}."
             f"{quote_identifier(table)} WHERE {where} LIMIT 1", args)
+
+
+def data_tables() -> Statement:
+    """Every user base table with what the data audit needs, in one catalog read.
+
+    TABLE_ROWS is exact for MyISAM/Aria and the optimizer's estimate for InnoDB (what
+    the severity by size needs, without counting rows); CREATE_OPTIONS and ROW_FORMAT
+    tell an Aria TRANSACTIONAL=0 table from a crash-safe one.
+    """
+    placeholders = ", ".join(["%s"] * len(SYSTEM_SCHEMAS))
+    return ("SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE, TABLE_ROWS, DATA_LENGTH, ROW_FORMAT, "
+            "CREATE_OPTIONS FROM information_schema.TABLES "
+            f"WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN ({placeholders}) "
+            "ORDER BY TABLE_SCHEMA, TABLE_NAME", SYSTEM_SCHEMAS)
+
+
+def data_unique_keys() -> Statement:
+    """Every unique index column of the user tables, with its nullability, in one read.
+
+    A row is identifiable only by a primary key or a unique key whose columns are all
+    NOT NULL (a unique key admits any number of NULL rows), so NULLABLE comes along.
+    """
+    placeholders = ", ".join(["%s"] * len(SYSTEM_SCHEMAS))
+    return ("SELECT TABLE_SCHEMA, TABLE_NAME, INDEX_NAME, COLUMN_NAME, NULLABLE "
+            "FROM information_schema.STATISTICS "
+            f"WHERE NON_UNIQUE = 0 AND TABLE_SCHEMA NOT IN ({placeholders}) "
+            "ORDER BY TABLE_SCHEMA, TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX", SYSTEM_SCHEMAS)
+
+
+def add_primary_key(schema: str, table: str, columns: list[str]) -> Statement:
+    """A primary key on existing columns (they become NOT NULL; refused if a NULL exists)."""
+    if not columns:
+        raise ValueError("a primary key needs at least one column")
+    listed = ", ".join(quote_identifier(c) for c in columns)
+    return (f"ALTER TABLE {quote_identifier(schema)}.{quote_identifier(table)} "
+            f"ADD PRIMARY KEY ({listed})", ())
+
+
+def add_row_id_column(schema: str, table: str, column: str, *, invisible: bool) -> Statement:
+    """A new BIGINT AUTO_INCREMENT primary key column, first (what the flavors build on)."""
+    hidden = " INVISIBLE" if invisible else ""
+    return (f"ALTER TABLE {quote_identifier(schema)}.{quote_identifier(table)} "
+            f"ADD COLUMN {quote_identifier(column)} BIGINT UNSIGNED NOT NULL AUTO_INCREMENT"
+            f"{hidden} PRIMARY KEY FIRST", ())

@@ -23,6 +23,7 @@ from hotcopy.mysql.flavor.base import (
     Statement,
     checked_variable,
 )
+from hotcopy.mysql.flavor.catalog import add_row_id_column
 
 #: Variables mariadbd accepts only at startup (a fallback: the audit asks the server's
 #: information_schema.SYSTEM_VARIABLES, which knows better).
@@ -232,3 +233,13 @@ class MariaDB:
         position = ",".join([*kept, gtid])
         return [self.stop_replica(), ("SET GLOBAL gtid_slave_pos = %s", (position,)),
                 self.start_replica()]
+
+    def add_row_id_primary_key(self, schema: str, table: str) -> Statement:
+        """A new AUTO_INCREMENT primary key column, INVISIBLE (10.3.3+) so that
+        SELECT * and INSERT without a column list keep working."""
+        return add_row_id_column(schema, table, "hc_row_id",
+                                 invisible=self.version >= (10, 3, 3))
+
+    def generated_primary_key_variable(self) -> str | None:
+        """MariaDB has no setting that gives new tables a primary key by itself."""
+        return None

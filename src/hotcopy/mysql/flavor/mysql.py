@@ -24,6 +24,7 @@ from hotcopy.mysql.flavor.base import (
     Statement,
     checked_variable,
 )
+from hotcopy.mysql.flavor.catalog import add_row_id_column
 
 #: 8.0.26 renamed these; the old names became deprecated aliases.
 _RENAMED_8026 = {"log_slave_updates": "log_replica_updates",
@@ -259,3 +260,13 @@ class MySQL:
         return [self.stop_replica(), ("SET SESSION GTID_NEXT = %s", (gtid,)), ("BEGIN", ()),
                 ("COMMIT", ()), ("SET SESSION GTID_NEXT = 'AUTOMATIC'", ()),
                 self.start_replica()]
+
+    def add_row_id_primary_key(self, schema: str, table: str) -> Statement:
+        """The column a generated invisible primary key would have (my_row_id), INVISIBLE
+        from 8.0.23 on, so an application's SELECT * does not see it."""
+        return add_row_id_column(schema, table, "my_row_id",
+                                 invisible=self.version >= (8, 0, 23))
+
+    def generated_primary_key_variable(self) -> str | None:
+        """8.0.30+: sql_generate_invisible_primary_key gives every new table a key."""
+        return "sql_generate_invisible_primary_key" if self.version >= (8, 0, 30) else None
