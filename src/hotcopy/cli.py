@@ -403,3 +403,31 @@ def _finish(report: dict[str, Any], code: ExitCode, error: HotcopyError | None,
 
 def main() -> None:
     cli(prog_name="hotcopy")
+
+
+# -- switchover, failover, rejoin, topology (issue 12) ---------------------------------
+
+
+@cli.command()
+@CONFIG_OPTION
+@JSON_OPTION
+def topology(config_path: str, as_json: bool) -> None:
+    """The shard as it is: who replicates from whom, GTID positions per domain, lag,
+    read_only, errant transactions, crash-safety. Read-only; exit 1 if problems found."""
+    from hotcopy.workflows import topology as workflow
+
+    def run() -> None:
+        config, _ = _open(config_path)
+        runtime = Runtime(config)
+        try:
+            view = workflow.read_shard(runtime)
+        finally:
+            runtime.close()
+        if as_json:
+            click.echo(json.dumps(view.as_dict(), indent=2, default=str))
+        else:
+            for line in workflow.render(view):
+                out_console.print(line)
+        sys.exit(int(ExitCode.FAILED_ROLLED_BACK if view.problems else ExitCode.OK))
+
+    _guard(run)
