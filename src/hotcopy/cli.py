@@ -144,7 +144,8 @@ def resume(config_path: str, job_id: str, as_json: bool) -> None:
     def run() -> None:
         config, journal = _open(config_path)
         reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
-        outcome = workflow.resume(Runtime(config), journal, job_id, reporter)
+        outcome = _workflow_for(journal, job_id, workflow).resume(Runtime(config), journal,
+                                                                  job_id, reporter)
         _finish(job_report(journal, job_id), outcome.exit_code, outcome.error, as_json)
 
     _guard(run)
@@ -162,7 +163,8 @@ def rollback(config_path: str, job_id: str, as_json: bool) -> None:
     def run() -> None:
         config, journal = _open(config_path)
         reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
-        outcome = workflow.rollback(Runtime(config), journal, job_id, reporter)
+        outcome = _workflow_for(journal, job_id, workflow).rollback(Runtime(config), journal,
+                                                                    job_id, reporter)
         _finish(job_report(journal, job_id), outcome.exit_code, outcome.error, as_json)
 
     _guard(run)
@@ -460,3 +462,100 @@ def _finish(report: dict[str, Any], code: ExitCode, error: HotcopyError | None,
 
 def main() -> None:
     cli(prog_name="hotcopy")
+
+
+# -- switchover, failover, rejoin, topology (issue 12) ---------------------------------
+
+
+@cli.command()
+@CONFIG_OPTION
+@JSON_OPTION
+def topology(config_path: str, as_json: bool) -> None:
+    """The shard as it is: who replicates from whom, GTID positions per domain, lag,
+    read_only, errant transactions, crash-safety. Read-only; exit 1 if problems found."""
+    from hotcopy.workflows import topology as workflow
+
+    def run() -> None:
+        config, _ = _open(config_path)
+        runtime = Runtime(config)
+        try:
+            view = workflow.read_shard(runtime)
+        finally:
+            runtime.close()
+        if as_json:
+            click.echo(json.dumps(view.as_dict(), indent=2, default=str))
+        else:
+            for line in workflow.render(view):
+                out_console.print(line)
+        sys.exit(int(ExitCode.FAILED_ROLLED_BACK if view.problems else ExitCode.OK))
+
+    _guard(run)
+
+
+def _workflow_for(journal: SqliteJournal, job_id: str, default: Any) -> Any:
+    """The workflow module that runs a job of this kind (clone unless it is a promotion)."""
+    from hotcopy.workflows import promotion_jobs
+
+    return promotion_jobs.module_for(journal.get_job(job_id).kind) or default
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--to", "candidate", required=True, help="Replica to promote (a [servers] name).")
+@click.option("--dry-run", is_flag=True, help="Print the checks and the plan; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--kill-writers", is_flag=True,
+              help="Kill write transactions still open on the old master after "
+                   "[promotion] drain_timeout_s (default: give up and roll back).")
+@JSON_OPTION
+def switchover(config_path: str, candidate: str, dry_run: bool, yes: bool, kill_writers: bool,
+               as_json: bool) -> None:
+    """Planned change of master: make CANDIDATE the master, the old one its replica.
+
+    \b
+    Undone entirely on any failure until the candidate is writable (the step
+    `promote`, the point of no return); after it, failures exit 3 with what is
+    left, and `hotcopy resume JOB` finishes. Exit 2: refused, nothing changed.
+    """
+    from hotcopy.workflows import switchover as workflow
+    from hotcopy.workflows.report import job_report
+
+    def run() -> None:
+        config, journal = _open(config_path)
+        if dry_run or not yes:
+            runtime = Runtime(config)
+            try:
+                view, problems = workflow.check(runtime, candidate)
+            finally:
+                runtime.close()
+            _render_promotion_plan(view.as_dict(), problems, workflow.STEPS, as_json)
+            if problems:
+                sys.exit(int(ExitCode.REFUSED))
+            if dry_run:
+                return
+            if not sys.stdin.isatty():
+                _fail(RefusedError("refusing to start without confirmation: add --yes"))
+            if not click.confirm(f"Switch the master over to {candidate}?", err=True):
+                sys.exit(int(ExitCode.REFUSED))
+        reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
+        outcome = workflow.start(Runtime(config), journal, candidate, reporter,
+                                 kill_writers=kill_writers)
+        _finish(job_report(journal, outcome.job.id), outcome.exit_code, outcome.error, as_json)
+
+    _guard(run)
+
+
+def _render_promotion_plan(view: dict[str, Any], problems: list[str], steps: list[Any],
+                           as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"plan": [{"step": s.name, "does": s.title} for s in steps],
+                               "refused": problems, "topology": view}, indent=2, default=str))
+        return
+    table = Table("#", "step", "what it does", title="plan")
+    for i, step in enumerate(steps, 1):
+        table.add_row(str(i), step.name, step.title)
+    err_console.print(table)
+    for problem in problems:
+        err_console.print(f"[red]refused[/]: {escape(problem)}")
+    if not problems:
+        err_console.print("[green]preflight: no problems found[/]")

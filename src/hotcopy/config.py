@@ -127,6 +127,46 @@ class TransferConfig(_Strict):
         return value
 
 
+HOOK_NAMES = ("pre_clone", "before_stop_target", "after_commit", "on_rollback",
+              "pre_switchover", "post_switchover", "pre_failover", "post_failover")
+
+_Argv = tuple[str, ...]
+
+
+class HooksConfig(_Strict):
+    """Commands (argv lists, no shell) run on the controller at fixed points of a job."""
+
+    pre_clone: _Argv = ()
+    before_stop_target: _Argv = ()
+    after_commit: _Argv = ()
+    on_rollback: _Argv = ()
+    pre_switchover: _Argv = ()
+    post_switchover: _Argv = ()
+    pre_failover: _Argv = ()
+    post_failover: _Argv = ()
+    hook_timeout_s: float = Field(default=30, gt=0, le=3600)
+
+    @field_validator(*HOOK_NAMES)
+    @classmethod
+    def _argv(cls, value: _Argv) -> _Argv:
+        if value and not value[0]:
+            raise ValueError("the first element must name the program to run")
+        return value
+
+
+class PromotionConfig(_Strict):
+    """Switchover and failover bounds: every wait ends, and says why."""
+
+    max_lag_s: int = Field(default=10, ge=0,
+                           description="a switchover candidate may be this far behind")
+    drain_timeout_s: float = Field(default=10, gt=0,
+                                   description="wait for open write transactions to end")
+    gtid_wait_timeout_s: float = Field(default=60, gt=0,
+                                       description="wait for a replica to reach a position")
+    relay_apply_timeout_s: float = Field(default=120, gt=0,
+                                         description="failover: wait for relay logs applied")
+
+
 class SshConfig(_Strict):
     known_hosts: str | None = None
     identity_file: str | None = None
@@ -171,6 +211,8 @@ class Config(_Strict):
     clone: CloneConfig = CloneConfig()
     transfer: TransferConfig = TransferConfig()
     ssh: SshConfig = SshConfig()
+    hooks: HooksConfig = HooksConfig()
+    promotion: PromotionConfig = PromotionConfig()
     servers: dict[str, ServerConfig] = Field(min_length=1)
     source_path: str = ""
 
