@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from hotcopy.mysql.checksum import differing_tables, table_checksums
 from hotcopy.saga import SqliteJournal
 from hotcopy.sandbox import SandboxInfo
 
+from ..real_parts import missing_tools, needs
 from .conftest import own_sandbox
 from .helpers import (
     clone_json,
@@ -39,9 +39,7 @@ from .helpers import (
 BACKUP_TOOLS = ("mariabackup", "mariadb-backup", "xtrabackup")
 STATE_DIR = Path("/run/hotcopy")  # transfer.state_dir's default, which the sandbox keeps
 
-pytestmark = pytest.mark.skipif(shutil.which("mariabackup") is None
-                                or shutil.which("mbstream") is None,
-                                reason="needs mariadb-backup (scripts/bootstrap.sh)")
+pytestmark = needs(missing_tools(("mariabackup", "mbstream"), "backup pipeline tests"))
 
 
 @pytest.fixture(scope="module")

@@ -264,12 +264,19 @@ def test_non_transactional_position_fails_as_the_audit_predicts(shard: SandboxIn
         wait_for(done, 60)
         status = replication.single_channel(replica)
         error = status if status is not None and status.last_sql_errno else None
-    differing = [] if error else differing_tables(table_checksums(master),
-                                                  table_checksums(replica))
-    print(f"non-transactional position: {kills} kill(s); stop: "
+    differing: list[str] = []
+    if error is None:
+        # The kills may miss the window in which data and position part ways: then the
+        # replica either survived by luck or diverged silently, and both branches are
+        # checked below; a replica that neither stopped nor caught up is a failure.
+        assert replica_seq(replica) >= master_seq(master), \
+            "the unsafe replica neither stopped on an error nor caught up"
+        differing = differing_tables(table_checksums(master), table_checksums(replica))
+    outcome = ("stopped on an error" if error else
+               "diverged silently" if differing else "survived by luck (race missed)")
+    print(f"non-transactional position: {kills} kill(s); outcome: {outcome}; stop: "
           f"{error.last_sql_errno if error else None}; differing tables: {differing}")
-    if error is None and not differing:
-        pytest.skip(f"no lost or repeated transaction in {kills} kills (the race was missed)")
+    assert kills >= 1
 
     if error is not None:
         assert error.last_sql_errno in (1062, 1032, 1950), error.last_sql_error

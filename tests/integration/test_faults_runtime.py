@@ -16,7 +16,7 @@ from hotcopy.saga import JobState
 from hotcopy.sandbox import SandboxInfo
 
 from .conftest import control
-from .helpers import clone_json, leftovers
+from .helpers import clone_json, leftovers, wait_for
 from .test_faults import (
     SOURCE,
     TARGET,
@@ -108,14 +108,30 @@ def _fill(mount: Path, leave: int) -> Path:
     return filler
 
 
-def test_target_filesystem_full_during_transfer_rolls_back(slow: tuple[Shard, Path]) -> None:
-    shard, config = slow
-    run = BackgroundClone(shard, config)
+def _stopped(pid: int) -> bool:
+    """The process sits in SIGSTOP (state T in /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] == "T"
+
+
+def test_target_filesystem_full_during_transfer_rolls_back(clean: Shard) -> None:
+    # Deterministic: the clone stops itself right before the pull, the disk is filled
+    # then, before a byte of the copy is written, to below the guard's reserve (at least
+    # 16 MiB): however fast the copy would be, it must be stopped, not squeezed in.
+    run = BackgroundClone(clean, clean.info.config_path,
+                          env={"HOTCOPY_FAULT": "pause-before:pull"})
     filler: Path | None = None
     try:
-        run.wait_transferring()
+        assert wait_for(lambda: _stopped(run.proc.pid) or run.proc.poll() is not None,
+                        timeout=120, interval=0.05), "the clone never reached the pull"
+        assert run.proc.poll() is None, "the clone ended before the pull"
+        assert run.staged_bytes() == 0
         # After the preflight saw enough space: something else fills the disk.
-        filler = _fill(shard.info.datadir(TARGET).parent, leave=32 * 2**20)
+        filler = _fill(clean.info.datadir(TARGET).parent, leave=8 * 2**20)
+        run.proc.send_signal(signal.SIGCONT)
         code, report, stderr = run.finish()
     finally:
         run.kill()
@@ -130,7 +146,7 @@ def test_target_filesystem_full_during_transfer_rolls_back(slow: tuple[Shard, Pa
     # Stopped before the disk is full, so the target's running mysqld keeps room to write.
     assert "the target's filesystem is nearly full" in error, error
     assert TARGET in error and "free space there" in error
-    assert_rolled_back(shard, run.job_id)
+    assert_rolled_back(clean, run.job_id)
 
 
 def test_source_restarted_after_snapshot_then_resume_completes(clean: Shard) -> None:

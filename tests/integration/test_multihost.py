@@ -10,7 +10,6 @@ network is retried, then rolled back, on every host.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from hotcopy.saga import SqliteJournal
 from hotcopy.sandbox import SandboxInfo
 from hotcopy.sandbox import netns as sandbox_netns
 
+from ..real_parts import missing_tools, needs
 from .conftest import own_sandbox
 from .helpers import (
     clone_json,
@@ -41,9 +41,7 @@ from .helpers import (
 )
 
 NETNS_TOOLS = ("ip", "nsenter", "ssh", "ssh-keygen", "/usr/sbin/sshd", "ss")
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in NETNS_TOOLS),
-    reason=f"multi-host tests need {', '.join(NETNS_TOOLS)}")
+pytestmark = needs(missing_tools(NETNS_TOOLS, "multi-host tests"))
 
 SOURCE, TARGET = "replica1", "replica2"
 PORT_RANGE = (28700, 28799)  # TransferConfig's default, where the rsync daemon listens

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import configparser
 import json
-import shutil
 import stat
 import subprocess
 import threading
@@ -24,13 +23,12 @@ import pytest
 
 from hotcopy.sandbox import SandboxInfo
 
+from ..real_parts import missing_tools, needs
 from .conftest import own_sandbox
 from .helpers import hotcopy, leftovers, runtime, sql_thread_running, wait_replicating
 
 NETNS_TOOLS = ("ip", "nsenter", "ssh", "ssh-keygen", "/usr/sbin/sshd", "ss", "rsync")
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in NETNS_TOOLS),
-    reason=f"these tests need {', '.join(NETNS_TOOLS)}")
+pytestmark = needs(missing_tools(NETNS_TOOLS, "these tests"))
 
 SOURCE, TARGET = "replica1", "replica2"
 

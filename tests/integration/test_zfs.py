@@ -31,6 +31,7 @@ from hotcopy.sandbox.layout import load_state
 from hotcopy.snapshot import zfs
 from hotcopy.snapshot.zfs import BACKEND
 
+from ..real_parts import needs
 from .conftest import own_sandbox
 from .helpers import (
     clone_json,
@@ -57,7 +58,7 @@ def _zfs_missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_zfs_missing() is not None, reason=str(_zfs_missing()))
+pytestmark = needs(_zfs_missing())
 
 
 def run(*argv: str, check: bool = True) -> str:

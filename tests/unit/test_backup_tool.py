@@ -3,7 +3,6 @@ writes (positions, its log), the command lines, and the SQL-thread arithmetic.""
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import pytest
@@ -13,6 +12,8 @@ from hotcopy.hosts import LocalExecutor
 from hotcopy.mysql import backup_tool
 from hotcopy.mysql.backup_tool import BackupTool, Probe, stopped_ms
 from hotcopy.workflows.backup_steps import _Output
+
+from ..real_parts import missing_tools, needs
 
 MARIABACKUP = "mariabackup based on MariaDB server 10.11.19-MariaDB debian-linux-gnu (x86_64)"
 XTRABACKUP = ("xtrabackup version 8.0.35-30 based on MySQL server 8.0.35 Linux (x86_64) "
@@ -96,7 +97,7 @@ def test_pipeline_decision(snapshot: str | None, backup: list[str], expected: st
         assert choice.problems == (snapshot, *backup)
 
 
-@pytest.mark.skipif(shutil.which("mbstream") is None, reason="mariadb-backup not installed")
+@needs(missing_tools(("mariabackup", "mbstream"), "the probe test"))
 def test_probe_finds_the_installed_mariabackup() -> None:
     found = backup_tool.probe(LocalExecutor(), "here", "mariadb")
     assert found.tool is not None, found.missing

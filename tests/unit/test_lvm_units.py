@@ -9,6 +9,7 @@ with lvs output in the format the guest's lvm2 prints.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -91,19 +92,59 @@ def test_invalid_snapshot_is_read_from_lv_attr(attr: str, invalid: bool) -> None
 
 
 def test_a_datadir_off_lvm_is_not_supported_and_says_why(tmp_path: Path) -> None:
+    """Holds whether or not lvm2 is installed: the device check needs no lvm2."""
     reason = LvmBackend().unsupported_reason(LocalExecutor(), str(tmp_path))
     assert reason is not None and "not an LVM logical volume" in reason, reason
     with pytest.raises(RefusedError, match="not an LVM logical volume"):
         LvmBackend().plan(LocalExecutor(), "db1", str(tmp_path), "20240101-000000-ab12")
 
 
-def test_missing_lvm2_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_datadir_off_lvm_says_so_even_without_lvm2(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(_path_without_lvm(tmp_path)))
+    reason = LvmBackend().unsupported_reason(LocalExecutor(), str(tmp_path))
+    assert reason is not None and "not an LVM logical volume" in reason, reason
+
+
+class DeviceMapperHere:
+    """The real local host, except that its sysfs probe answers "a device-mapper device".
+
+    This kernel has no device-mapper, so a datadir on one cannot exist here; everything
+    else (findmnt, the missing lvs) is the real host.
+    """
+
+    name = "local"
+    is_local = True
+
+    def __init__(self) -> None:
+        self.real = LocalExecutor()
+        self.probed: list[str] = []
+
+    def run(self, argv: Sequence[str], *, input: bytes | None = None, check: bool = True,
+            timeout: float | None = 300, env: Mapping[str, str] | None = None) -> CommandResult:
+        if list(argv[:2]) == ["test", "-d"] and argv[2].startswith("/sys/dev/block/"):
+            self.probed.append(argv[2])
+            return CommandResult(tuple(argv), 0, "", "")
+        return self.real.run(argv, input=input, check=check, timeout=timeout, env=env)
+
+
+def _path_without_lvm(tmp_path: Path) -> Path:
+    """A PATH holding the tools the detection needs except lvm2's."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    os.symlink("/bin/sh", bin_dir / "sh")
-    monkeypatch.setenv("PATH", str(bin_dir))
-    reason = LvmBackend().unsupported_reason(LocalExecutor(), str(tmp_path))
-    assert reason is not None and "lvm2 is not installed" in reason
+    for tool in ("sh", "findmnt", "test"):
+        found = shutil.which(tool)
+        assert found is not None, f"{tool} is part of every Debian install"
+        os.symlink(found, bin_dir / tool)
+    return bin_dir
+
+
+def test_missing_lvm2_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(_path_without_lvm(tmp_path)))
+    executor = DeviceMapperHere()
+    reason = LvmBackend().unsupported_reason(executor, str(tmp_path))  # type: ignore[arg-type]
+    assert executor.probed, "the device-mapper probe must come before the lvm2 check"
+    assert reason is not None and "lvm2 is not installed" in reason, reason
 
 
 def test_a_job_id_that_cannot_name_a_volume_is_refused(tmp_path: Path) -> None:

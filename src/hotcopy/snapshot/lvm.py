@@ -122,6 +122,18 @@ def lvm_installed(executor: Executor) -> bool:
     return executor.run(["sh", "-c", script], check=False).ok
 
 
+def is_device_mapper(executor: Executor, major_minor: str) -> bool:
+    """Every LVM logical volume is a device-mapper device; this needs no lvm2 to answer."""
+    if not re.fullmatch(r"\d+:\d+", major_minor):
+        return False  # btrfs and other anonymous devices have no block device of their own
+    return executor.run(["test", "-d", f"/sys/dev/block/{major_minor}/dm"], check=False).ok
+
+
+def _off_lvm(datadir: str, mount: Mount) -> str:
+    return (f"{datadir} is on {mount.source} ({mount.fstype}), which is not an LVM logical "
+            "volume")
+
+
 def mount_of(executor: Executor, path: str) -> Mount | None:
     """The mount holding path, from findmnt's key="value" output."""
     result = executor.run(["findmnt", "-n", "-P", "-o", "SOURCE,MAJ:MIN,FSTYPE,TARGET",
@@ -229,6 +241,11 @@ class LvmBackend:
     # --- detection and planning (read-only) -------------------------------------------
 
     def unsupported_reason(self, executor: Executor, datadir: str) -> str | None:
+        # The device check comes first: a datadir that is not on device-mapper is off LVM
+        # whether or not lvm2 is installed, and saying so is the more useful answer.
+        mount = mount_of(executor, datadir)
+        if mount is not None and not is_device_mapper(executor, mount.major_minor):
+            return _off_lvm(datadir, mount)
         if not lvm_installed(executor):
             return "lvm2 is not installed (no lvs, lvcreate, lvremove)"
         try:
@@ -243,11 +260,12 @@ class LvmBackend:
         mount = mount_of(executor, datadir)
         if mount is None:
             raise RefusedError(f"findmnt cannot tell which filesystem holds {datadir}")
+        if not is_device_mapper(executor, mount.major_minor):
+            raise RefusedError(_off_lvm(datadir, mount))
         volume = next((v for v in list_volumes(executor) if v.major_minor == mount.major_minor),
                       None)
         if volume is None:
-            raise RefusedError(f"{datadir} is on {mount.source} ({mount.fstype}), which is not "
-                               "an LVM logical volume")
+            raise RefusedError(_off_lvm(datadir, mount))
         kind = volume.attr[:1]
         if kind not in _SNAPSHOTTABLE:
             why = _NOT_SNAPSHOTTABLE.get(kind, f"its type ({volume.attr}) cannot be snapshotted")

@@ -5,6 +5,8 @@ suite, set ``HOTCOPY_FAULT`` to a comma-separated list of:
 
   kill-before:STEP  kill-after:STEP    SIGKILL this process at that step boundary
   fail-before:STEP  fail-after:STEP    raise an error there (an orderly rollback follows)
+  pause-before:STEP pause-after:STEP   SIGSTOP this process there: act on the hosts at
+                                       a known point, then ``kill -CONT PID`` continues
   kill-during:pull:FRACTION            SIGKILL once the transfer passed that fraction
 
 Step names are those shown by ``hotcopy clone --dry-run`` and ``hotcopy show``.
@@ -26,7 +28,8 @@ from hotcopy.errors import HotcopyError, RefusedError
 log = logging.getLogger(__name__)
 
 ENVIRONMENT_VARIABLE = "HOTCOPY_FAULT"
-_KINDS = {"kill-before", "kill-after", "fail-before", "fail-after", "kill-during"}
+_KINDS = {"kill-before", "kill-after", "fail-before", "fail-after", "pause-before",
+          "pause-after", "kill-during"}
 
 
 class InjectedFault(HotcopyError):
@@ -48,7 +51,8 @@ def parse(spec: str) -> list[Fault]:
         if kind not in _KINDS or not step or (kind == "kill-during") != bool(fraction):
             raise RefusedError(f"{ENVIRONMENT_VARIABLE}: cannot read '{item}'",
                                hint="use kill-before:STEP, kill-after:STEP, fail-before:STEP, "
-                                    "fail-after:STEP or kill-during:pull:0.5")
+                                    "fail-after:STEP, pause-before:STEP, pause-after:STEP "
+                                    "or kill-during:pull:0.5")
         try:
             value = float(fraction) if fraction else 0.0
         except ValueError:
@@ -62,6 +66,12 @@ def _die(reason: str) -> None:
     log.warning("fault injection: SIGKILL %s", reason)
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pause(reason: str) -> None:
+    log.warning("fault injection: SIGSTOP %s (pid %d); SIGCONT continues", reason, os.getpid())
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGSTOP)
 
 
 class Faults:
@@ -78,6 +88,8 @@ class Faults:
                 continue
             if fault.kind == f"kill-{when}":
                 _die(f"{when} step {step}")
+            if fault.kind == f"pause-{when}":
+                _pause(f"{when} step {step}")
             if fault.kind == f"fail-{when}":
                 raise InjectedFault(f"injected failure {when} step {step} ({ENVIRONMENT_VARIABLE})")
 

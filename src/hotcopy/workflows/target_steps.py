@@ -125,6 +125,12 @@ class SpaceGuard:
             previous = free
 
     def __enter__(self) -> SpaceGuard:
+        # Once before anything is written: a target already below the reserve (filled
+        # since the preflight, or a resume onto a fuller disk) must not get a first write.
+        free = self._free()
+        if free is not None and free < self.reserve:
+            self.tripped_at = free
+            raise HotcopyError(f"{free} bytes free under {self.path}, below the reserve")
         self._thread.start()
         return self
 
