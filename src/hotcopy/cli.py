@@ -492,7 +492,7 @@ def topology(config_path: str, as_json: bool) -> None:
     _guard(run)
 
 
-def _workflow_for(journal: SqliteJournal, job_id: str, default: Any) -> Any:
+def _workflow_for(journal: Journal, job_id: str, default: Any) -> Any:
     """The workflow module that runs a job of this kind (clone unless it is a promotion)."""
     from hotcopy.workflows import promotion_jobs
 

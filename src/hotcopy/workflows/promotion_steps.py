@@ -185,7 +185,6 @@ def rollback(runtime: Runtime, journal: Journal, job_id: str,
 def resume(runtime: Runtime, journal: Journal, job_id: str, reporter: Reporter,
            steps: list[Step]) -> clone.Outcome:
     job = journal.get_job(job_id)
-    clone._refuse_if_alive(job)
     if job.terminal:
         raise RefusedError(f"job {job.id} is {job.state}; there is nothing to resume")
     if not passed_point_of_no_return(journal, job_id):
