@@ -49,9 +49,12 @@ def _guard(fn: Callable[[], None]) -> None:
         _fail(exc)
 
 
-def _open(config_path: str) -> tuple[config_module.Config, Journal]:
+def _open(config_path: str, *, writes: bool = False,
+          create_directory: bool = False) -> tuple[config_module.Config, Journal]:
+    """Only a command that may start a job creates a journal file (and only when asked,
+    its directory); every other command leaves the disk as it found it."""
     config = config_module.load(config_path)
-    journal = open_journal(config)
+    journal = open_journal(config, writes=writes, create_directory=create_directory)
     # A clean exit (sys.exit included) gives up the etcd lease at once, so the job can be
     # taken over without waiting for the TTL; SIGKILL does not, which is the point.
     atexit.register(journal.close)
@@ -95,9 +98,12 @@ def cli(verbose: int) -> None:
                                                "zfs_send"]),
               help="How the snapshot travels (default: [transfer] method, else the first "
                    "that both hosts support).")
+@click.option("--create-journal", is_flag=True,
+              help="Create the journal's directory if it does not exist (else refused: a "
+                   "typo in [journal] path would split the job history).")
 @JSON_OPTION
 def clone(config_path: str, source: str, target: str, dry_run: bool, yes: bool,
-          transfer: str | None, as_json: bool) -> None:
+          transfer: str | None, create_journal: bool, as_json: bool) -> None:
     """Re-seed TARGET with a snapshot of SOURCE, transactionally.
 
     \b
@@ -109,10 +115,11 @@ def clone(config_path: str, source: str, target: str, dry_run: bool, yes: bool,
     from hotcopy.workflows.report import job_report
 
     def run() -> None:
-        config, journal = _open(config_path)
+        config, journal = _open(config_path, writes=not dry_run,
+                                create_directory=create_journal)
         runtime = Runtime(config)
         if dry_run or not yes:
-            findings = workflow.plan(runtime, journal, source, target)
+            findings = workflow.plan(runtime, journal, source, target, transfer)
             runtime.close()
             steps = workflow.steps_for(findings.facts.get("pipeline"))
             _render_plan(findings.as_dict(), steps, as_json)
@@ -289,8 +296,7 @@ def audit(config_path: str, names: tuple[str, ...], fix: bool, dry_run: bool, ye
         return click.confirm("Apply these fixes?", err=True)
 
     def run() -> None:
-        config, _ = _open(config_path)
-        runtime = Runtime(config)
+        runtime = Runtime(config_module.load(config_path))
         try:
             report = workflow.run(runtime, list(names), fix=fix, dry_run=dry_run,
                                   confirm=None if yes else confirm)
@@ -389,23 +395,26 @@ def _render_plan(plan: dict[str, Any], steps: list[Any], as_json: bool) -> None:
         click.echo(json.dumps({"plan": [{"step": s.name, "does": s.title} for s in steps],
                                **plan}, indent=2, default=str))
         return
+    # The plan is the command's output (stdout, to keep or diff); problems go to stderr.
     table = Table("#", "step", "what it does", title="plan")
     for i, step in enumerate(steps, 1):
         table.add_row(str(i), step.name, step.title)
-    err_console.print(table)
+    out_console.print(table)
     facts = plan["facts"]
     if "ship_bytes" in facts:
         how = (f"snapshot: {facts['snapshot_backend']}" if facts.get("snapshot_backend")
                else f"pipeline: {facts.get('pipeline', 'snapshot')} (no snapshot)")
-        err_console.print(f"to ship: {human_bytes(facts['ship_bytes'])} in {facts['ship_files']} "
-                          f"files; {how}; target free: "
+        method = f"; transfer: {facts['transfer_method']}" if facts.get("transfer_method") else ""
+        out_console.print(f"to ship: {human_bytes(facts['ship_bytes'])} in {facts['ship_files']} "
+                          f"files; {how}{method}; target free: "
                           f"{human_bytes(facts.get('target_free_bytes', 0))}")
-    for finding in plan["findings"]:
-        colour = {"error": "red", "warning": "yellow"}.get(finding["severity"], "dim")
+    problems = [f for f in plan["findings"] if f["severity"] in ("error", "warning")]
+    for finding in problems:
+        colour = {"error": "red", "warning": "yellow"}[finding["severity"]]
         hint = f" [dim](hint: {escape(finding['hint'])})[/]" if finding.get("hint") else ""
         err_console.print(f"[{colour}]{finding['severity']}[/]: {escape(finding['message'])}{hint}")
-    if not plan["findings"]:
-        err_console.print("[green]preflight: no problems found[/]")
+    if not problems:
+        out_console.print("[green]preflight: no problems found[/]")
 
 
 def _render_report(report: dict[str, Any]) -> None:
@@ -521,7 +530,7 @@ def switchover(config_path: str, candidate: str, dry_run: bool, yes: bool, kill_
     from hotcopy.workflows.report import job_report
 
     def run() -> None:
-        config, journal = _open(config_path)
+        config, journal = _open(config_path, writes=not dry_run)
         if dry_run or not yes:
             runtime = Runtime(config)
             try:

@@ -66,10 +66,38 @@ def etcd_client(conf: JournalConfig) -> EtcdClient:
             from exc
 
 
-def open_journal(config: Config) -> Journal:
+CREATE_FLAG = "--create-journal"
+
+
+def sqlite_journal(config: Config, *, writes: bool, create_directory: bool) -> SqliteJournal:
+    """The config's SQLite journal; ``writes``: a job may start, so a missing file is made.
+
+    A mistyped ``[journal] path`` that silently became a new, empty journal would split
+    the history (the next clone would not see a running job, a rollback would find
+    nothing), so a missing directory is refused unless asked for; without ``writes``
+    nothing is created: a missing file is an empty journal in memory.
+    """
+    path = os.path.abspath(config.journal_path())
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        if not (writes and create_directory):
+            raise RefusedError(
+                f"the journal directory {directory} does not exist (journal "
+                f"{path}, from [journal] path in {config.source_path} or the default)",
+                hint=f"if the path is right, create it with `install -d -m 0700 {directory}` "
+                     f"or let a clone create it with `hotcopy clone {CREATE_FLAG} ...`; if it "
+                     "is a typo, fix [journal] path: the jobs so far are in the journal "
+                     "they were written to")
+        log.info("creating the journal directory %s", directory)
+    return SqliteJournal(path, create=writes)
+
+
+def open_journal(config: Config, *, writes: bool = False,
+                 create_directory: bool = False) -> Journal:
+    """``writes``/``create_directory`` concern the SQLite file only: etcd has no files."""
     conf = config.journal
     if conf.backend == "sqlite":
-        return SqliteJournal(config.journal_path())
+        return sqlite_journal(config, writes=writes, create_directory=create_directory)
     client = etcd_client(conf)
     try:
         client.call("/v3/kv/range", {"key": b64(conf.prefix), "count_only": True})

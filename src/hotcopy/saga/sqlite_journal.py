@@ -132,14 +132,22 @@ def _prepare_path(path: Path) -> None:
 class SqliteJournal:
     """A Journal in one SQLite file; one connection per instance, usable from threads."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        """``create=False``: a missing file is not made; the journal is empty, in memory.
+
+        Read-only commands (a plan, ``show``, ``jobs``) must not leave files behind: a
+        mistyped path would otherwise start a second, empty job history.
+        """
         self.path = Path(path)
         self._lock = threading.RLock()
         self._owned: dict[str, Ownership] = {}
+        in_memory = not create and not self.path.exists()
         try:
-            _prepare_path(self.path)
+            if not in_memory:
+                _prepare_path(self.path)
             self._db = sqlite3.connect(
-                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+                ":memory:" if in_memory else self.path, timeout=10.0, isolation_level=None,
+                check_same_thread=False,
             )
         except (sqlite3.Error, OSError) as exc:
             raise self._cannot_open(exc) from exc
@@ -155,7 +163,7 @@ class SqliteJournal:
             if isinstance(exc, sqlite3.Error):
                 raise self._cannot_open(exc) from exc
             raise
-        if str(mode).lower() != "wal":
+        if str(mode).lower() != "wal" and not in_memory:
             log.warning("journal %s: WAL unavailable, using %s mode", self.path, mode)
         log.debug("journal %s open", self.path)
 

@@ -44,7 +44,7 @@ transfer_base.load_all()
 
 def _preflight(ctx: StepContext) -> dict[str, Any]:
     report = preflight.run(ctx.runtime, ctx.journal, ctx.params["source"], ctx.params["target"],
-                           ctx.job_id)
+                           ctx.job_id, transfer=ctx.params.get("transfer"))
     for finding in report.findings:
         if finding.severity == "warning":
             ctx.reporter.warning(finding.message)
@@ -175,9 +175,10 @@ class Outcome:
     rollback: RollbackReport | None = None
 
 
-def plan(runtime: Runtime, journal: Journal, source: str, target: str) -> preflight.Preflight:
+def plan(runtime: Runtime, journal: Journal, source: str, target: str,
+         transfer: str | None = None) -> preflight.Preflight:
     """What --dry-run prints: the read-only checks; the caller renders STEPS beside them."""
-    return preflight.run(runtime, journal, source, target)
+    return preflight.run(runtime, journal, source, target, transfer=transfer)
 
 
 def _context(runtime: Runtime, journal: Journal, job: Job, reporter: Reporter) -> StepContext:

@@ -69,7 +69,7 @@ class Preflight:
 
 
 def run(runtime: Runtime, journal: Journal, source: str, target: str,
-        job_id: str = "plan") -> Preflight:
+        job_id: str = "plan", transfer: str | None = None) -> Preflight:
     report = Preflight()
     config = runtime.config
     _check_faults(report)
@@ -103,6 +103,9 @@ def run(runtime: Runtime, journal: Journal, source: str, target: str,
     _check_source_files(report, runtime, src, source, job_id)
     if not report.errors:
         _check_target_files(report, runtime, target)
+    from hotcopy.workflows import preflight_methods  # late: it imports this module
+
+    preflight_methods.check(report, runtime, source, target, transfer)
     return report
 
 

@@ -1,0 +1,186 @@
+"""What a production shard needs before the source is touched, against the real shard.
+
+A transfer that cannot work must be refused by the preflight (exit 2), in the plan and
+in the confirmed run, before the source's SQL thread is stopped; a journal directory
+that does not exist is refused unless asked for, and read-only commands create nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotcopy import config as config_module
+from hotcopy.saga import SqliteJournal
+from hotcopy.sandbox import SandboxInfo
+
+from .helpers import hotcopy, leftovers, runtime, sql_thread_running
+
+WIDE = {"COLUMNS": "200"}
+
+
+def _clone(config: Path, *extra: str,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return hotcopy("clone", "--config", str(config), "--source", "replica1", "--target",
+                   "replica2", *extra, env={**WIDE, **(env or {})}, timeout=180)
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _config_with(info: SandboxInfo, directory: Path, replace: dict[str, str],
+                 append: str = "") -> Path:
+    """The sandbox config with whole lines swapped (``{old line: new line}``)."""
+    lines = []
+    for line in info.config_path.read_text().splitlines():
+        lines.append(replace.get(line.strip(), line))
+    path = directory / "hotcopy.toml"
+    path.write_text("\n".join(lines) + "\n" + append)
+    return path
+
+
+def _journal_line(info: SandboxInfo) -> str:
+    for line in info.config_path.read_text().splitlines():
+        if line.strip().startswith("path =") and "journal" in line:
+            return line.strip()
+    raise AssertionError("the sandbox config names no journal path")
+
+
+def _jobs(config: Path) -> list[dict[str, Any]]:
+    proc = hotcopy("jobs", "--config", str(config), "--json", "--limit", "500")
+    assert proc.returncode == 0, proc.stderr
+    rows: list[dict[str, Any]] = json.loads(proc.stdout)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def shard(sandbox: SandboxInfo) -> Iterator[SandboxInfo]:
+    yield sandbox
+    assert leftovers(sandbox) == []
+
+
+def _assert_source_untouched(info: SandboxInfo, new_jobs: list[dict[str, Any]]) -> None:
+    """The refused run got no further than its preflight: no step touched the source."""
+    with SqliteJournal(config_module.load(info.config_path).journal_path()) as journal:
+        for job in new_jobs:
+            assert job["state"] == "failed", job
+            assert [s.name for s in journal.steps(job["job"])] == ["preflight"], job
+            assert journal.undo_entries(job["job"]) == []
+    rt = runtime(info)
+    try:
+        assert sql_thread_running(rt.server("replica1"))
+    finally:
+        rt.close()
+    assert leftovers(info) == []
+
+
+def test_forced_transfer_method_that_cannot_work_is_refused_at_preflight(
+        shard: SandboxInfo) -> None:
+    before = {j["job"] for j in _jobs(shard.config_path)}
+    for mode in ("--dry-run", "--yes"):
+        proc = _clone(shard.config_path, mode, "--transfer", "zfs_send")
+        assert proc.returncode == 2, f"{mode}: exit {proc.returncode}\n{proc.stderr}"
+        stderr = _flat(proc.stderr)
+        assert "transfer method zfs_send (--transfer) cannot be used" in stderr, proc.stderr
+        assert "snapshotted with btrfs" in stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    new = [j for j in _jobs(shard.config_path) if j["job"] not in before]
+    assert len(new) == 1, new  # the --yes run; the plan made no job
+    _assert_source_untouched(shard, new)
+
+
+def test_configured_transfer_method_is_named_with_its_key(shard: SandboxInfo,
+                                                         tmp_path: Path) -> None:
+    config = _config_with(shard, tmp_path, {}, append='\n[transfer]\nmethod = "zfs_send"\n')
+    proc = _clone(config, "--dry-run")
+    assert proc.returncode == 2, proc.stderr
+    assert f"transfer method zfs_send (transfer.method in {config})" in _flat(proc.stderr)
+
+
+def test_listener_without_a_free_port_in_port_range_is_refused(shard: SandboxInfo,
+                                                              tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        config = _config_with(shard, tmp_path, {},
+                              append=f"\n[transfer]\nport_range = [{port}, {port}]\n")
+        proc = _clone(config, "--dry-run", "--transfer", "rsyncd")
+        assert proc.returncode == 2, proc.stderr
+        assert (f"every port of transfer.port_range [{port}, {port}] is in use on replica1"
+                in _flat(proc.stderr)), proc.stderr
+    # The same range, free now: the plan passes and names the method it will use.
+    proc = _clone(config, "--dry-run", "--transfer", "rsyncd")
+    assert proc.returncode == 0, proc.stderr
+    assert "transfer: rsyncd" in proc.stdout
+
+
+def test_the_plan_goes_to_stdout_and_names_the_method_auto_picks(shard: SandboxInfo) -> None:
+    proc = _clone(shard.config_path, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "record_position" in proc.stdout and "preflight: no problems found" in proc.stdout
+    assert "record_position" not in proc.stderr
+    assert "transfer: rsyncd" in proc.stdout  # zfs_send comes first, but this is btrfs
+    document = json.loads(_clone(shard.config_path, "--dry-run", "--json").stdout)
+    assert document["facts"]["transfer_method"] == "rsyncd"
+
+
+def test_missing_journal_directory_is_refused_and_nothing_is_created(
+        shard: SandboxInfo, tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "journal"
+    config = _config_with(shard, tmp_path,
+                          {_journal_line(shard): f'path = "{missing}/journal.sqlite"'})
+    runs = [
+        ("jobs", "--config", str(config)),
+        ("show", "--config", str(config), "20260101-000000-abcd"),
+        ("rollback", "--config", str(config), "20260101-000000-abcd"),
+        ("clone", "--config", str(config), "--source", "replica1", "--target", "replica2",
+         "--dry-run"),
+        ("clone", "--config", str(config), "--source", "replica1", "--target", "replica2",
+         "--dry-run", "--create-journal"),
+        ("clone", "--config", str(config), "--source", "replica1", "--target", "replica2",
+         "--yes"),
+    ]
+    for argv in runs:
+        proc = hotcopy(*argv, env=WIDE, timeout=120)
+        assert proc.returncode == 2, f"{argv}: exit {proc.returncode}\n{proc.stderr}"
+        stderr = _flat(proc.stderr)
+        assert f"the journal directory {missing} does not exist" in stderr, proc.stderr
+        assert "--create-journal" in stderr, proc.stderr
+        assert not (tmp_path / "typo").exists(), argv
+    assert leftovers(shard) == []
+
+
+def test_create_journal_makes_a_private_directory(shard: SandboxInfo, tmp_path: Path) -> None:
+    missing = tmp_path / "new" / "journal"
+    config = _config_with(shard, tmp_path,
+                          {_journal_line(shard): f'path = "{missing}/journal.sqlite"'})
+    # A rehearsal failure right after the preflight: a real job, nothing changed.
+    proc = _clone(config, "--yes", "--create-journal",
+                  env={"HOTCOPY_FAULT": "fail-before:lock_job"})
+    assert proc.returncode in (1, 2), proc.stderr
+    assert stat.S_IMODE(os.stat(missing).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(missing / "journal.sqlite").st_mode) == 0o600
+    assert [j["source"] for j in _jobs(config)] == ["replica1"]
+
+
+def test_read_only_commands_do_not_create_a_journal_file(shard: SandboxInfo,
+                                                        tmp_path: Path) -> None:
+    directory = tmp_path / "empty"
+    directory.mkdir()
+    config = _config_with(shard, tmp_path,
+                          {_journal_line(shard): f'path = "{directory}/journal.sqlite"'})
+    assert _jobs(config) == []
+    proc = hotcopy("show", "--config", str(config), "20260101-000000-abcd", env=WIDE)
+    assert proc.returncode == 2 and "no job" in proc.stderr, proc.stderr
+    assert _clone(config, "--dry-run").returncode == 0
+    assert list(directory.iterdir()) == []
