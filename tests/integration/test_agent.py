@@ -26,6 +26,7 @@ from hotcopy.mysql.checksum import differing_tables, table_checksums
 from hotcopy.runtime import Runtime
 from hotcopy.saga import Job, SqliteJournal
 from hotcopy.sandbox import SandboxInfo
+
 from .conftest import control, own_sandbox
 from .helpers import hotcopy, runtime, wait_for, wait_replicating
 
