@@ -44,6 +44,7 @@ def _rejection(candidate: ReplicaHealth, master: str | None, busy: set[str],
          f"it is {candidate.state}: {'; '.join(candidate.reasons)}"),
         (candidate.io_running != "Yes" or candidate.sql_running != "Yes",
          "it is not replicating"),
+        (candidate.lag_s is None, "its lag is unknown"),
         (candidate.name in busy, "it is the donor or target of another job"),
         (candidate.crash_safe is not True, audit),
         (bool(major) and candidate.major != major,
@@ -74,7 +75,7 @@ def choose_donor(target: ReplicaHealth, observation: Observation, busy: set[str]
             rejected[name] = why
     if not fits:
         return DonorChoice(None, ["no replica of the shard can be the donor"], rejected)
-    best = min(fits, key=lambda c: (c.lag_s if c.lag_s is not None else 1 << 30, c.name))
+    best = min(fits, key=lambda c: (c.lag_s or 0, c.name))
     reasons = [f"{best.name} replicates, {best.lag_s}s behind the master (least lag of "
                f"{len(fits)} eligible)", "crash-safe", f"same major version {best.major or '?'}",
                "not the master and in no other job"]
