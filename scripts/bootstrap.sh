@@ -20,7 +20,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 packages=(mariadb-server mariadb-client mariadb-backup btrfs-progs zfs-fuse rsync socat pv
           openssh-server openssh-client sysbench iproute2 zstd util-linux procps psmisc
-          python3 python3-venv)
+          python3 python3-venv etcd-server etcd-client)
 
 missing=()
 for pkg in "${packages[@]}"; do

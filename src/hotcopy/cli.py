@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
@@ -19,7 +20,8 @@ from hotcopy import config as config_module
 from hotcopy.errors import ExitCode, HotcopyError, RefusedError
 from hotcopy.progress import ConsoleReporter, NullReporter, Reporter, human_bytes
 from hotcopy.runtime import Runtime
-from hotcopy.saga import SqliteJournal
+from hotcopy.saga import Journal
+from hotcopy.saga.factory import open_journal
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,13 @@ def _guard(fn: Callable[[], None]) -> None:
         _fail(exc)
 
 
-def _open(config_path: str) -> tuple[config_module.Config, SqliteJournal]:
+def _open(config_path: str) -> tuple[config_module.Config, Journal]:
     config = config_module.load(config_path)
-    return config, SqliteJournal(config.journal_path())
+    journal = open_journal(config)
+    # A clean exit (sys.exit included) gives up the etcd lease at once, so the job can be
+    # taken over without waiting for the TTL; SIGKILL does not, which is the point.
+    atexit.register(journal.close)
+    return config, journal
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -204,6 +210,36 @@ def show(config_path: str, job_id: str, as_json: bool) -> None:
             click.echo(json.dumps(report, indent=2, default=str))
         else:
             _render_report(report)
+
+    _guard(run)
+
+
+@cli.command()
+@CONFIG_OPTION
+@JSON_OPTION
+def locks(config_path: str, as_json: bool) -> None:
+    """List who holds which lock: job, controller host and pid, since, lease left."""
+
+    def run() -> None:
+        _, journal = _open(config_path)
+        try:
+            rows = journal.locks()
+        finally:
+            journal.close()
+        if as_json:
+            click.echo(json.dumps([{"resource": r.resource, "job": r.job_id,
+                                    "job_state": r.job_state, "host": r.host, "pid": r.pid,
+                                    "since": r.since, "lease_remaining_s": r.lease_remaining_s}
+                                   for r in rows], indent=2))
+            return
+        table = Table("resource", "job", "state", "controller", "since", "lease left")
+        for r in rows:
+            lease = ("-" if r.lease_remaining_s is None else
+                     "expired" if r.lease_remaining_s < 0 else f"{r.lease_remaining_s:.0f} s")
+            table.add_row(r.resource, r.job_id, _state(r.job_state or "gone"),
+                          f"{r.host or '?'} pid {r.pid or '?'}",
+                          time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.since)), lease)
+        out_console.print(table)
 
     _guard(run)
 

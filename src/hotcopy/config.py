@@ -43,7 +43,32 @@ class ReplicationConfig(_Strict):
 
 
 class JournalConfig(_Strict):
+    backend: Literal["sqlite", "etcd"] = "sqlite"
     path: str | None = None
+    """sqlite: the journal file (default: in the state directory)."""
+    endpoints: tuple[str, ...] = Field(default=("http://127.0.0.1:2379",),
+                                       description="etcd client URLs, tried in turn")
+    prefix: str = Field(default="/hotcopy", pattern=r"^/[A-Za-z0-9_./-]*$",
+                        description="one tree per fleet; the shard name is in every key")
+    lease_ttl_s: int = Field(default=10, ge=2, le=300,
+                             description="a dead controller's jobs can be taken over after this")
+    timeout_s: float = Field(default=5, gt=0, le=60, description="per etcd request")
+    retry_rounds: int = Field(default=3, ge=1, le=20,
+                              description="passes over all endpoints before giving up")
+    auth_file: str | None = Field(default=None, description="[etcd] user=... password=...")
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("needs at least one endpoint")
+        for url in value:
+            if not url.startswith(("http://", "https://")) or "@" in url:
+                raise ValueError(f"'{url}' must be http(s)://host:port, without credentials")
+        return value
 
 
 class CloneConfig(_Strict):

@@ -1,4 +1,5 @@
-"""SqliteJournal on real files: durability, modes, steps, locks, JSON discipline."""
+"""The journal contract on both backends (SQLite files, a real etcd), plus what only
+SQLite has (file modes, schema versions): durability, steps, locks, JSON discipline."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import re
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +17,11 @@ from hotcopy.saga import (
     EntryState,
     JobNotFound,
     JobState,
+    Journal,
     LockConflict,
     SqliteJournal,
 )
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[SqliteJournal]:
-    j = SqliteJournal(tmp_path / "journal.sqlite")
-    yield j
-    j.close()
+from tests.journals import JournalStore
 
 
 def mode(path: Path) -> int:
@@ -56,10 +51,11 @@ def test_existing_parent_directory_is_left_alone(tmp_path: Path) -> None:
     assert mode(tmp_path) == 0o755
 
 
-def test_pragmas_and_schema_version(journal: SqliteJournal, tmp_path: Path) -> None:
+def test_pragmas_and_schema_version(tmp_path: Path) -> None:
+    SqliteJournal(tmp_path / "journal.sqlite").close()
     db = sqlite3.connect(tmp_path / "journal.sqlite")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     db.close()
 
 
@@ -80,30 +76,28 @@ def test_garbage_file_is_refused_with_the_path(tmp_path: Path) -> None:
         SqliteJournal(path)
 
 
-def test_jobs_have_readable_unique_ids_and_survive_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "j.sqlite"
-    j = SqliteJournal(path)
+def test_jobs_have_readable_unique_ids_and_survive_reopen(journal_store: JournalStore) -> None:
+    j = journal_store.open()
     ids = [j.create_job("clone", {"source": "db1", "n": i}).id for i in range(30)]
     assert len(set(ids)) == 30
     assert all(re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{4}", i) for i in ids)
     j.close()
-    again = SqliteJournal(path)
+    again = journal_store.open()
     job = again.get_job(ids[3])
     assert job.kind == "clone"
     assert job.state is JobState.RUNNING
     assert job.params == {"source": "db1", "n": 3}
     assert job.info == {}
     assert [x.id for x in again.list_jobs(limit=5)] == ids[::-1][:5]
-    again.close()
 
 
-def test_explicit_job_id_and_duplicates(journal: SqliteJournal) -> None:
+def test_explicit_job_id_and_duplicates(journal: Journal) -> None:
     assert journal.create_job("verify", {}, job_id="mine").id == "mine"
     with pytest.raises(RefusedError, match="already exists"):
         journal.create_job("verify", {}, job_id="mine")
 
 
-def test_unknown_job_says_how_to_list_jobs(journal: SqliteJournal) -> None:
+def test_unknown_job_says_how_to_list_jobs(journal: Journal) -> None:
     with pytest.raises(JobNotFound) as caught:
         journal.get_job("nope")
     assert "nope" in str(caught.value)
@@ -114,7 +108,7 @@ def test_unknown_job_says_how_to_list_jobs(journal: SqliteJournal) -> None:
         journal.append_undo("nope", "x", {}, "x", None)
 
 
-def test_state_error_info_and_owner(journal: SqliteJournal) -> None:
+def test_state_error_info_and_owner(journal: Journal) -> None:
     job = journal.create_job("clone", {})
     journal.set_job_state(job.id, JobState.ROLLING_BACK, error="step 'snapshot' failed")
     journal.set_job_state(job.id, JobState.ROLLED_BACK)
@@ -132,7 +126,7 @@ def test_state_error_info_and_owner(journal: SqliteJournal) -> None:
     assert got.terminal
 
 
-def test_non_json_is_rejected_before_anything_is_written(journal: SqliteJournal) -> None:
+def test_non_json_is_rejected_before_anything_is_written(journal: Journal) -> None:
     job = journal.create_job("clone", {})
     for bad in ({"x": object()}, {"x": {1, 2}}, {"x": float("nan")}, {"x": {1: "a"}},
                 {"x": [b"bytes"]}):
@@ -146,7 +140,7 @@ def test_non_json_is_rejected_before_anything_is_written(journal: SqliteJournal)
     assert journal.get_job(job.id).info == {}
 
 
-def test_undo_entries_round_trip_and_filter(journal: SqliteJournal) -> None:
+def test_undo_entries_round_trip_and_filter(journal: Journal) -> None:
     job = journal.create_job("clone", {})
     first = journal.append_undo(job.id, "a", {"b": [1, 2], "a": (3,)}, "undo a", "stop-sql")
     second = journal.append_undo(job.id, "b", {}, "undo b", None)
@@ -167,7 +161,7 @@ def test_undo_entries_round_trip_and_filter(journal: SqliteJournal) -> None:
     assert journal.append_undo(other.id, "a", {}, "a", None).seq == 1
 
 
-def test_steps_record_attempts_and_latest_in_start_order(journal: SqliteJournal) -> None:
+def test_steps_record_attempts_and_latest_in_start_order(journal: Journal) -> None:
     job = journal.create_job("clone", {})
     journal.step_started(job.id, "preflight")
     journal.step_finished(job.id, "preflight", "done", {"checks": 7})
@@ -186,7 +180,7 @@ def test_steps_record_attempts_and_latest_in_start_order(journal: SqliteJournal)
         journal.step_finished(job.id, "snapshot", "exploded")
 
 
-def test_lock_conflict_names_resource_holder_state_and_remedy(journal: SqliteJournal) -> None:
+def test_lock_conflict_names_resource_holder_state_and_remedy(journal: Journal) -> None:
     a = journal.create_job("clone", {})
     b = journal.create_job("clone", {})
     journal.claim_job(a.id, "ctl1", 99)
@@ -205,7 +199,7 @@ def test_lock_conflict_names_resource_holder_state_and_remedy(journal: SqliteJou
 
 
 @pytest.mark.parametrize("state", [JobState.ROLLBACK_INCOMPLETE, JobState.ROLLING_BACK])
-def test_unfinished_jobs_keep_their_locks(journal: SqliteJournal, state: JobState) -> None:
+def test_unfinished_jobs_keep_their_locks(journal: Journal, state: JobState) -> None:
     a = journal.create_job("clone", {})
     b = journal.create_job("clone", {})
     journal.acquire_locks(a.id, ["shard:s1"])
@@ -215,7 +209,7 @@ def test_unfinished_jobs_keep_their_locks(journal: SqliteJournal, state: JobStat
 
 
 @pytest.mark.parametrize("state", [JobState.COMMITTED, JobState.ROLLED_BACK, JobState.FAILED])
-def test_locks_of_terminal_jobs_are_taken_over(journal: SqliteJournal, state: JobState) -> None:
+def test_locks_of_terminal_jobs_are_taken_over(journal: Journal, state: JobState) -> None:
     a = journal.create_job("clone", {})
     b = journal.create_job("clone", {})
     journal.acquire_locks(a.id, ["shard:s1"])
@@ -226,7 +220,7 @@ def test_locks_of_terminal_jobs_are_taken_over(journal: SqliteJournal, state: Jo
         journal.acquire_locks(a.id, ["shard:s1"])
 
 
-def test_release_locks(journal: SqliteJournal) -> None:
+def test_release_locks(journal: Journal) -> None:
     a = journal.create_job("clone", {})
     b = journal.create_job("clone", {})
     journal.acquire_locks(a.id, ["shard:s1"])
@@ -234,24 +228,26 @@ def test_release_locks(journal: SqliteJournal) -> None:
     journal.acquire_locks(b.id, ["shard:s1"])
 
 
-def test_concurrent_lockers_from_separate_connections_get_one_winner(tmp_path: Path) -> None:
-    path = tmp_path / "j.sqlite"
-    setup = SqliteJournal(path)
+def test_concurrent_lockers_from_separate_connections_get_one_winner(
+    journal_store: JournalStore,
+) -> None:
+    setup = journal_store.open()
     jobs = [setup.create_job("clone", {}).id for _ in range(8)]
     winners: list[str] = []
     losers: list[str] = []
     barrier = threading.Barrier(len(jobs))
 
+    journal_store.crash(setup)  # the creator is gone, so each contender may claim
+
     def contend(job_id: str) -> None:
-        j = SqliteJournal(path)
+        j = journal_store.open()
+        j.claim_job(job_id, "ctl", os.getpid())  # a lock is taken by the job's owner
         barrier.wait()
         try:
             j.acquire_locks(job_id, ["shard:s1", "server:db2"])
             winners.append(job_id)
         except LockConflict:
             losers.append(job_id)
-        finally:
-            j.close()
 
     threads = [threading.Thread(target=contend, args=(job_id,)) for job_id in jobs]
     for t in threads:
@@ -260,4 +256,3 @@ def test_concurrent_lockers_from_separate_connections_get_one_winner(tmp_path: P
         t.join()
     assert len(winners) == 1
     assert len(losers) == len(jobs) - 1
-    setup.close()

@@ -20,11 +20,12 @@ from hypothesis import strategies as st
 from hotcopy.saga import (
     EntryState,
     JobState,
-    SqliteJournal,
     Transaction,
     UndoFailed,
     undo_action,
 )
+from tests.etcd_cluster import EtcdCluster
+from tests.journals import JournalStore, make_store
 
 RETRIES = 3
 ACTION = "test_prop.undo"
@@ -140,18 +141,37 @@ def run_ops(txn: Transaction, model: Model, ops: list[tuple[str, int]]) -> None:
         assert WORLD.effects == model.effects
 
 
+ROLLBACK_CRASH = st.one_of(st.none(), st.integers(1, 8))
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=ops_strategy, ending=ending, rollback_crash=st.one_of(st.none(), st.integers(1, 8)))
+@given(ops=ops_strategy, ending=ending, rollback_crash=ROLLBACK_CRASH)
 def test_fresh_rollback_after_a_crash_does_exactly_what_is_owed(
     ops: list[tuple[str, int]], ending: str, rollback_crash: int | None
 ) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = make_store("sqlite", Path(tmp) / "state" / "journal.sqlite", None)
+        check_fresh_rollback(store, ops, ending, rollback_crash)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(ops=ops_strategy, ending=ending, rollback_crash=ROLLBACK_CRASH)
+def test_fresh_rollback_after_a_crash_does_exactly_what_is_owed_on_etcd(
+    etcd_single: EtcdCluster,
+    ops: list[tuple[str, int]], ending: str, rollback_crash: int | None,
+) -> None:
+    store = make_store("etcd", Path("/nonexistent"), etcd_single)
+    check_fresh_rollback(store, ops, ending, rollback_crash)
+
+
+def check_fresh_rollback(
+    store: JournalStore, ops: list[tuple[str, int]], ending: str, rollback_crash: int | None
+) -> None:
     WORLD.reset()
     model = Model()
-    opened: list[SqliteJournal] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "state" / "journal.sqlite"
-        journal = SqliteJournal(path)
-        opened.append(journal)
+    try:
+        journal = store.open()
         job_id = journal.create_job("clone", {}).id
         txn = Transaction(journal, job_id, None, retries=RETRIES, sleep=lambda _: None)
         run_ops(txn, model, ops)
@@ -174,6 +194,7 @@ def test_fresh_rollback_after_a_crash_does_exactly_what_is_owed(
         owed_at_crash = set(model.outstanding())
         before_rollback = len(WORLD.effects)
         del txn  # abandoned: nothing is closed or flushed, as in a SIGKILL
+        store.crash(journal)  # etcd: its lease runs out, so a fresh process may take over
 
         rounds = 0
         if rollback_crash is not None and model.outstanding():
@@ -188,8 +209,7 @@ def test_fresh_rollback_after_a_crash_does_exactly_what_is_owed(
                     break
                 model.state[seq] = EntryState.DONE if outcome else EntryState.FAILED
             model.crash_at = None
-            fresh = SqliteJournal(path)
-            opened.append(fresh)
+            fresh = store.open()
             try:
                 Transaction(fresh, job_id, None, retries=RETRIES, sleep=lambda _: None).rollback()
             except Crash:
@@ -197,13 +217,13 @@ def test_fresh_rollback_after_a_crash_does_exactly_what_is_owed(
             else:
                 assert not died
                 rounds += 1
+            store.crash(fresh)
             event(f"first rollback process died: {died}")
             WORLD.crash_in = None
             assert WORLD.effects == model.effects
 
         while True:
-            fresh = SqliteJournal(path)
-            opened.append(fresh)
+            fresh = store.open()
             entries = fresh.undo_entries(job_id)
             # nothing acknowledged is lost, and its params are intact
             assert {e.seq for e in entries} >= set(acknowledged)
@@ -224,6 +244,7 @@ def test_fresh_rollback_after_a_crash_does_exactly_what_is_owed(
                 break
             assert fresh.get_job(job_id).state is JobState.ROLLBACK_INCOMPLETE
             assert rounds < 10
+            store.crash(fresh)
 
         event(f"ending: {ending}")
         event(f"rollback rounds needed: {rounds}")
@@ -232,5 +253,5 @@ def test_fresh_rollback_after_a_crash_does_exactly_what_is_owed(
         rolled_back = WORLD.effects[before_rollback:]
         assert len(rolled_back) == len(set(rolled_back))  # each completed at most once
         assert set(rolled_back) == owed_at_crash  # exactly what was owed, all of it
-        for journal_ in opened:
-            journal_.close()
+    finally:
+        store.close_all()

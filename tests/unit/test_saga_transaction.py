@@ -212,7 +212,7 @@ def test_failed_undo_is_recorded_the_rest_run_and_a_fresh_process_finishes(
     assert report2.complete
     assert fresh.get_job(job_id).state is JobState.ROLLED_BACK
     assert fresh.undo_entries(job_id)[1].attempts == 4
-    fresh.acquire_locks(blocked.id, ["shard:s1"])
+    journal.acquire_locks(blocked.id, ["shard:s1"])
     fresh.close()
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from hotcopy.errors import RefusedError
+from hotcopy.errors import ExitCode, HotcopyError, RefusedError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class Job:
     owner_host: str | None = None
     owner_pid: int | None = None
     error: str | None = None
+    owner_epoch: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -136,6 +137,81 @@ class LockConflict(RefusedError):
         self.holder_state = holder_state
 
 
+@dataclass(frozen=True)
+class Ownership:
+    """The token a controller holds for a job; every write it makes is checked against it.
+
+    ``epoch`` only grows: SQLite counts claims, etcd uses the owner key's create
+    revision. A write whose epoch is no longer the job's current one is refused, which
+    is what keeps a deposed controller from recording (and so making) another change.
+    """
+
+    job_id: str
+    epoch: int
+    host: str
+    pid: int
+    since: float
+    lease_id: int | None = None
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """One row of ``hotcopy locks``: who holds what, and whether it is still alive."""
+
+    resource: str
+    job_id: str
+    job_state: str | None
+    host: str | None
+    pid: int | None
+    since: float
+    lease_remaining_s: float | None = None
+    """etcd: seconds left on the holder's lease (<= 0: expired); SQLite: None."""
+
+
+class FencedOut(HotcopyError):
+    """This process no longer owns the job: another controller took it over (or its
+    lease expired). It must stop before its next change and leave the job to the owner."""
+
+    exit_code = ExitCode.ROLLBACK_INCOMPLETE
+
+    def __init__(self, job_id: str, why: str) -> None:
+        super().__init__(
+            f"job {job_id}: this controller no longer owns it ({why}); it stopped without "
+            "making another change",
+            hint=f"`hotcopy show {job_id}` shows who owns it now and where it stands",
+        )
+        self.job_id = job_id
+
+
+class OwnerAlive(RefusedError):
+    """Another live controller owns the job: acting now would race it."""
+
+    def __init__(self, job_id: str, holder: str) -> None:
+        super().__init__(
+            f"job {job_id} is owned by {holder}, which is still alive; nothing was changed",
+            hint="wait for it to finish, or stop it (SIGTERM rolls it back); once its "
+            "process or lease is gone, `hotcopy rollback`/`resume` can take the job over",
+        )
+        self.job_id = job_id
+        self.holder = holder
+
+
+class JournalUnavailable(HotcopyError):
+    """The journal cannot be reached: no change may be made that it cannot record first."""
+
+    exit_code = ExitCode.ROLLBACK_INCOMPLETE
+
+
+def refuse_unless_running(job_id: str, state: str) -> None:
+    """Checked inside the write that appends an undo: another process may be rolling
+    the job back, and a change recorded now would be made behind its back."""
+    if state != JobState.RUNNING.value:
+        raise RefusedError(
+            f"job {job_id} is {state}; refusing to record new changes for it",
+            hint=f"`hotcopy show {job_id}` shows what happened to it",
+        )
+
+
 def new_job_id(now: float | None = None) -> str:
     """Short, sortable (UTC time first), easy to type, unique enough with a retry on clash."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
@@ -197,7 +273,28 @@ class Journal(Protocol):
 
     def update_job_info(self, job_id: str, /, **items: Any) -> None: ...
 
-    def claim_job(self, job_id: str, host: str, pid: int) -> None: ...
+    def claim_job(self, job_id: str, host: str, pid: int) -> Ownership:
+        """Make this journal instance the job's owner, in one atomic check-and-set.
+
+        Raises OwnerAlive while another live controller owns it (same host and its pid
+        alive for SQLite; its lease alive for etcd). From here on, every write this
+        instance makes for the job is a compare-and-set against the returned epoch and
+        raises FencedOut once another instance has claimed the job. ``create_job``
+        claims the new job for its creator.
+        """
+        ...
+
+    def ownership(self, job_id: str) -> Ownership | None:
+        """The token this instance holds for the job, if it claimed or created it."""
+        ...
+
+    def claim_undo(self, job_id: str, seq: int) -> UndoEntry:
+        """Take an outstanding entry to run it: owner and entry state checked in one
+        transaction, so a deposed controller never starts an undo. ValueError if the
+        entry is not outstanding (someone ran or dropped it)."""
+        ...
+
+    def locks(self) -> list[LockInfo]: ...
 
     def append_undo(
         self, job_id: str, action: str, params: Mapping[str, Any], label: str,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -25,24 +26,31 @@ from hotcopy.saga.journal import (
     STEP_OUTCOMES,
     TERMINAL_STATES,
     EntryState,
+    FencedOut,
     Job,
     JobNotFound,
     JobState,
     Journal,
     LockConflict,
+    LockInfo,
+    OwnerAlive,
+    Ownership,
     StepRecord,
     UndoEntry,
     dump_json,
     new_job_id,
+    refuse_unless_running,
 )
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = (
     "CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL,"
     " params TEXT NOT NULL, info TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,"
     " owner_host TEXT, owner_pid INTEGER, error TEXT)",
+    # Version 2 (fencing): the owner's epoch, and which epoch last took an undo entry.
+    # Kept as ALTERs so version-1 files are upgraded by the very same statements.
     "CREATE INDEX jobs_by_created ON jobs (created)",
     "CREATE TABLE undo (job_id TEXT NOT NULL REFERENCES jobs (id), seq INTEGER NOT NULL,"
     " action TEXT NOT NULL, params TEXT NOT NULL, label TEXT NOT NULL, step TEXT,"
@@ -55,16 +63,40 @@ _SCHEMA = (
     "CREATE TABLE locks (resource TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs (id),"
     " acquired REAL NOT NULL)",
 )
+_SCHEMA_V2 = (
+    "ALTER TABLE jobs ADD COLUMN owner_epoch INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN owner_since REAL",
+    "ALTER TABLE undo ADD COLUMN claimed_epoch INTEGER",
+)
+_LIVE_STATES = (JobState.RUNNING.value, JobState.ROLLING_BACK.value)
+
+
+def _hotcopy_pid_alive(pid: int) -> bool:
+    """Is ``pid`` a live hotcopy process on this host? A recycled pid running something
+    else does not count, which is why the command line is read too."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"hotcopy" in handle.read()
+    except OSError:
+        return False
 
 
 def job_from_row(row: sqlite3.Row) -> Job:
     fields = dict(row)
+    fields.pop("owner_since", None)
     return Job(**{**fields, "state": JobState(fields["state"]),
                   "params": json.loads(fields["params"]), "info": json.loads(fields["info"])})
 
 
 def undo_from_row(row: sqlite3.Row) -> UndoEntry:
     fields = dict(row)
+    fields.pop("claimed_epoch", None)
     return UndoEntry(**{**fields, "state": EntryState(fields["state"]),
                         "params": json.loads(fields["params"])})
 
@@ -103,6 +135,7 @@ class SqliteJournal:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        self._owned: dict[str, Ownership] = {}
         try:
             _prepare_path(self.path)
             self._db = sqlite3.connect(
@@ -144,8 +177,12 @@ class SqliteJournal:
             if version == 0:
                 for statement in _SCHEMA:
                     db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 log.info("journal %s created (schema %d)", self.path, SCHEMA_VERSION)
+            if version < 2:
+                for statement in _SCHEMA_V2:
+                    db.execute(statement)
+            if version < SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -168,12 +205,28 @@ class SqliteJournal:
     def _not_found(self, job_id: str) -> JobNotFound:
         return JobNotFound(job_id, f"the journal {self.path}")
 
-    def _require_job(self, db: sqlite3.Connection, job_id: str) -> None:
-        if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
-            raise self._not_found(job_id)
+    @contextmanager
+    def _owned_tx(self, job_id: str) -> Iterator[sqlite3.Connection]:
+        """A write to a job: the owner's epoch compared inside the same transaction.
+
+        BEGIN IMMEDIATE holds the write lock from the check to the commit, so no claim
+        by another process can slip in between: the fencing is exact, not best effort.
+        """
+        with self._tx() as db:
+            row = db.execute("SELECT owner_epoch FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise self._not_found(job_id)
+            mine = self._owned.get(job_id)
+            if mine is None:
+                raise FencedOut(job_id, "this process never claimed it")
+            if int(row["owner_epoch"]) != mine.epoch:
+                self._owned.pop(job_id, None)
+                raise FencedOut(job_id, f"epoch {mine.epoch} was superseded by "
+                                        f"{row['owner_epoch']}")
+            yield db
 
     def _update_job(self, job_id: str, assignments: str, values: Sequence[Any]) -> None:
-        with self._tx() as db:
+        with self._owned_tx(job_id) as db:
             cursor = db.execute(
                 f"UPDATE jobs SET {assignments}, updated = ? WHERE id = ?",
                 (*values, time.time(), job_id),
@@ -191,14 +244,18 @@ class SqliteJournal:
             try:
                 with self._tx() as db:
                     db.execute(
-                        "INSERT INTO jobs (id, kind, state, params, info, created, updated)"
-                        " VALUES (?, ?, ?, ?, '{}', ?, ?)",
-                        (candidate, kind, JobState.RUNNING.value, params_json, now, now),
+                        "INSERT INTO jobs (id, kind, state, params, info, created, updated,"
+                        " owner_host, owner_pid, owner_epoch, owner_since)"
+                        " VALUES (?, ?, ?, ?, '{}', ?, ?, ?, ?, 1, ?)",
+                        (candidate, kind, JobState.RUNNING.value, params_json, now, now,
+                         socket.gethostname(), os.getpid(), now),
                     )
             except sqlite3.IntegrityError as exc:
                 if job_id is not None:
                     raise RefusedError(f"job '{job_id}' already exists in {self.path}") from exc
                 continue
+            self._owned[candidate] = Ownership(candidate, 1, socket.gethostname(),
+                                               os.getpid(), now)
             log.info("job %s (%s) created", candidate, kind)
             return self.get_job(candidate)
         raise RuntimeError("could not find a free job id after 20 tries")
@@ -221,7 +278,7 @@ class SqliteJournal:
 
     def update_job_info(self, job_id: str, /, **items: Any) -> None:
         dump_json(items, "info")
-        with self._tx() as db:
+        with self._owned_tx(job_id) as db:
             row = db.execute("SELECT info FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise self._not_found(job_id)
@@ -232,9 +289,66 @@ class SqliteJournal:
                 (dump_json(info, "info"), time.time(), job_id),
             )
 
-    def claim_job(self, job_id: str, host: str, pid: int) -> None:
-        self._update_job(job_id, "owner_host = ?, owner_pid = ?", (host, pid))
-        log.debug("job %s claimed by %s pid %d", job_id, host, pid)
+    def claim_job(self, job_id: str, host: str, pid: int) -> Ownership:
+        # SQLite lives on one host, so "alive" is a pid check on this host. An owner on
+        # another host (a journal on shared storage) cannot be checked and is not
+        # trusted to be alive: such a set-up needs the etcd backend.
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT state, owner_host, owner_pid, owner_epoch FROM jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                raise self._not_found(job_id)
+            epoch = int(row["owner_epoch"])
+            mine = self._owned.get(job_id)
+            if mine is not None and mine.epoch == epoch:
+                # Already ours: record who we say we are, the epoch stays.
+                db.execute("UPDATE jobs SET owner_host = ?, owner_pid = ? WHERE id = ?",
+                           (host, pid, job_id))
+                self._owned[job_id] = Ownership(job_id, epoch, host, pid, mine.since)
+                return self._owned[job_id]
+            holder_pid = row["owner_pid"]
+            if (row["owner_host"] == socket.gethostname() and holder_pid
+                    and holder_pid != os.getpid() and row["state"] in _LIVE_STATES
+                    and _hotcopy_pid_alive(int(holder_pid))):
+                raise OwnerAlive(job_id, f"pid {holder_pid} on {row['owner_host']}")
+            db.execute(
+                "UPDATE jobs SET owner_host = ?, owner_pid = ?, owner_epoch = ?,"
+                " owner_since = ?, updated = ? WHERE id = ?",
+                (host, pid, epoch + 1, now, now, job_id),
+            )
+        ownership = Ownership(job_id, epoch + 1, host, pid, now)
+        self._owned[job_id] = ownership
+        log.debug("job %s claimed by %s pid %d (epoch %d)", job_id, host, pid, epoch + 1)
+        return ownership
+
+    def ownership(self, job_id: str) -> Ownership | None:
+        return self._owned.get(job_id)
+
+    def claim_undo(self, job_id: str, seq: int) -> UndoEntry:
+        epoch = self._owned[job_id].epoch if job_id in self._owned else None
+        with self._owned_tx(job_id) as db:
+            row = db.execute("SELECT * FROM undo WHERE job_id = ? AND seq = ?",
+                             (job_id, seq)).fetchone()
+            if row is None:
+                raise ValueError(f"job {job_id} has no undo entry #{seq}")
+            entry = undo_from_row(row)
+            if not entry.outstanding:
+                raise ValueError(f"undo #{seq} of job {job_id} is {entry.state}, not "
+                                 "outstanding")
+            db.execute("UPDATE undo SET claimed_epoch = ? WHERE job_id = ? AND seq = ?",
+                       (epoch, job_id, seq))
+        return entry
+
+    def locks(self) -> list[LockInfo]:
+        rows = self._read(
+            "SELECT l.resource, l.job_id, l.acquired, j.state, j.owner_host, j.owner_pid"
+            " FROM locks AS l LEFT JOIN jobs AS j ON j.id = l.job_id ORDER BY l.resource", (),
+        )
+        return [LockInfo(r["resource"], r["job_id"], r["state"], r["owner_host"],
+                         r["owner_pid"], r["acquired"]) for r in rows]
 
     def append_undo(
         self, job_id: str, action: str, params: Mapping[str, Any], label: str,
@@ -242,8 +356,9 @@ class SqliteJournal:
     ) -> UndoEntry:
         params_json = dump_json(params)
         now = time.time()
-        with self._tx() as db:
-            self._require_job(db, job_id)
+        with self._owned_tx(job_id) as db:
+            state = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            refuse_unless_running(job_id, state)
             seq = int(db.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM undo WHERE job_id = ?", (job_id,)
             ).fetchone()[0])
@@ -260,7 +375,7 @@ class SqliteJournal:
     ) -> None:
         state = EntryState(state)
         finished = None if state is EntryState.PENDING else time.time()
-        with self._tx() as db:
+        with self._owned_tx(job_id) as db:
             cursor = db.execute(
                 "UPDATE undo SET state = ?, attempts = ?, error = ?, finished = ?"
                 " WHERE job_id = ? AND seq = ?",
@@ -283,8 +398,7 @@ class SqliteJournal:
         return [undo_from_row(row) for row in self._read(query + " ORDER BY seq", args)]
 
     def step_started(self, job_id: str, name: str) -> None:
-        with self._tx() as db:
-            self._require_job(db, job_id)
+        with self._owned_tx(job_id) as db:
             attempt = int(db.execute(
                 "SELECT COALESCE(MAX(attempt), 0) + 1 FROM steps WHERE job_id = ? AND name = ?",
                 (job_id, name),
@@ -304,8 +418,7 @@ class SqliteJournal:
         outputs_json = dump_json(outputs or {}, "outputs")
         now = time.time()
         ended = None if outcome == "running" else now
-        with self._tx() as db:
-            self._require_job(db, job_id)
+        with self._owned_tx(job_id) as db:
             query = "SELECT MAX(id) FROM steps WHERE job_id = ? AND name = ?"
             step_id = db.execute(query, (job_id, name)).fetchone()[0]
             if step_id is None:  # a step skipped without ever starting
@@ -329,8 +442,7 @@ class SqliteJournal:
     def acquire_locks(self, job_id: str, resources: Sequence[str]) -> None:
         wanted = list(dict.fromkeys(resources))
         now = time.time()
-        with self._tx() as db:
-            self._require_job(db, job_id)
+        with self._owned_tx(job_id) as db:
             for resource in wanted:
                 row = db.execute(
                     "SELECT l.job_id, j.state, j.owner_host, j.owner_pid FROM locks AS l"
@@ -358,7 +470,7 @@ class SqliteJournal:
             log.info("job %s holds %s", job_id, ", ".join(wanted))
 
     def release_locks(self, job_id: str) -> None:
-        with self._tx() as db:
+        with self._owned_tx(job_id) as db:
             cursor = db.execute("DELETE FROM locks WHERE job_id = ?", (job_id,))
         if cursor.rowcount:
             log.info("job %s released %d lock(s)", job_id, cursor.rowcount)

@@ -10,7 +10,9 @@ a crash lands between the two.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -173,14 +175,8 @@ class Transaction:
         """Record how to undo a change; make the change only after this returns."""
         undo = lookup(action)
         dump_json(params)
-        state = self.journal.get_job(self.job_id).state
-        if state is not JobState.RUNNING:
-            # Another process may be rolling this job back; a new change now would be
-            # made behind its back and never undone.
-            raise RefusedError(
-                f"job {self.job_id} is {state}; refusing to record new changes for it",
-                hint=f"`hotcopy show {self.job_id}` shows what happened to it",
-            )
+        # The journal checks, in the same write, that the job is still running and
+        # still ours: a rollback racing us never misses a change recorded here.
         entry = self.journal.append_undo(
             self.job_id, action, params, label or undo.describe_with(params), step
         )
@@ -228,6 +224,9 @@ class Transaction:
         return self.retries, error
 
     def _run(self, entry: UndoEntry) -> tuple[UndoEntry, Exception | None]:
+        # Taken in one journal transaction (owner and state checked) before it runs:
+        # a deposed owner raises FencedOut here and never starts the undo.
+        entry = self.journal.claim_undo(self.job_id, entry.seq)
         made, error = self._attempt(entry)
         attempts = entry.attempts + made
         if error is None:
@@ -267,6 +266,13 @@ class Transaction:
             )
         if job.state in TERMINAL_STATES and not self.pending():
             return RollbackReport(done=[], failed=[])
+        if self.journal.ownership(self.job_id) is None:
+            # A rollback in a fresh process takes the job over first (refused while
+            # its owner lives); from here on every write is fenced by that claim.
+            self.journal.claim_job(self.job_id, socket.gethostname(), os.getpid())
+            job = self.journal.get_job(self.job_id)  # a rival may have finished meanwhile
+            if job.state in TERMINAL_STATES and not self.pending():
+                return RollbackReport(done=[], failed=[])
         done: list[UndoEntry] = []
         failed: list[UndoEntry] = []
         with _hold_signals("rollback in progress; it will finish", redeliver=False):

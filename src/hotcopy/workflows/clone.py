@@ -20,7 +20,16 @@ from hotcopy.errors import ExitCode, HotcopyError, RefusedError
 from hotcopy.hosts import files
 from hotcopy.progress import Reporter
 from hotcopy.runtime import Runtime
-from hotcopy.saga import Job, JobState, Journal, RollbackReport, Transaction, signals_as_exceptions
+from hotcopy.saga import (
+    FencedOut,
+    Job,
+    JobState,
+    Journal,
+    JournalUnavailable,
+    RollbackReport,
+    Transaction,
+    signals_as_exceptions,
+)
 from hotcopy.snapshot import base as snapshot_base
 from hotcopy.transfer import base as transfer_base
 from hotcopy.workflows import backup_steps, preflight, source_steps, target_steps, verify
@@ -193,7 +202,6 @@ def start(runtime: Runtime, journal: Journal, source: str, target: str,
 
 def resume(runtime: Runtime, journal: Journal, job_id: str, reporter: Reporter) -> Outcome:
     job = journal.get_job(job_id)
-    _refuse_if_alive(job)
     if job.terminal:
         raise RefusedError(f"job {job.id} is {job.state}; there is nothing to resume")
     if job.state in (JobState.ROLLING_BACK, JobState.ROLLBACK_INCOMPLETE):
@@ -204,9 +212,10 @@ def resume(runtime: Runtime, journal: Journal, job_id: str, reporter: Reporter) 
 
 def rollback(runtime: Runtime, journal: Journal, job_id: str, reporter: Reporter) -> Outcome:
     job = journal.get_job(job_id)
-    _refuse_if_alive(job)
     if job.terminal:
         raise RefusedError(f"job {job.id} is {job.state}; there is nothing to roll back")
+    # Refused (OwnerAlive) while another live controller owns the job; the claim is
+    # one atomic check-and-set, so of two racing rollbacks exactly one gets here.
     journal.claim_job(job.id, socket.gethostname(), os.getpid())
     tx = Transaction(journal, job.id, runtime)
     with signals_as_exceptions():
@@ -227,6 +236,13 @@ def _execute(ctx: StepContext, *, resume: bool) -> Outcome:
         with signals_as_exceptions():
             run_steps(steps_for(ctx.params.get("pipeline")), ctx, resume=resume)
             ctx.tx.commit()
+    except (FencedOut, JournalUnavailable):
+        # The journal can no longer record an undo for us: any change we make now,
+        # including an undo, would be one the job's next owner cannot see. Stop.
+        log.error("job %s: stopped without touching a host; the journal's owner (or, "
+                  "after the lease expires, `hotcopy rollback %s`) finishes it",
+                  job_id, job_id)
+        raise
     except BaseException as exc:
         error = exc if isinstance(exc, HotcopyError) else HotcopyError(f"unexpected error: {exc!r}")
         log.debug("clone %s failed", job_id, exc_info=True)
@@ -263,25 +279,3 @@ def _roll_back_after(ctx: StepContext, error: HotcopyError) -> Outcome:
     # The operator needs both: why the clone stopped, and exactly what is still owed.
     incomplete = HotcopyError(f"{error.message}\n{report.describe()}", hint=error.hint)
     return Outcome(job, ExitCode.ROLLBACK_INCOMPLETE, incomplete, report)
-
-
-def _refuse_if_alive(job: Job) -> None:
-    """Two controllers acting on one job would undo each other's work."""
-    if job.owner_host != socket.gethostname() or not job.owner_pid:
-        return
-    if job.owner_pid == os.getpid():
-        return
-    try:
-        os.kill(job.owner_pid, 0)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{job.owner_pid}/cmdline", "rb") as handle:
-            cmdline = handle.read()
-    except OSError:
-        return
-    if b"hotcopy" in cmdline and job.state in (JobState.RUNNING, JobState.ROLLING_BACK):
-        raise RefusedError(f"job {job.id} is still being run by pid {job.owner_pid} on this "
-                           "host", hint="wait for it, or stop it (SIGTERM rolls it back)")
