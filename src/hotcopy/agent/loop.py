@@ -24,7 +24,7 @@ from hotcopy.agent.store import AgentStore
 from hotcopy.config import Config
 from hotcopy.errors import HotcopyError
 from hotcopy.runtime import Runtime
-from hotcopy.saga import Job, JobState, Journal
+from hotcopy.saga import Job, JobState, Journal, LockInfo
 from hotcopy.workflows.report import job_report
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,9 @@ def operator() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def pid_alive(host: str | None, pid: int | None) -> bool:
-    """Whether a job's controller still runs (only knowable for this host's processes)."""
-    if not pid or host != socket.gethostname():
-        return host is not None and host != socket.gethostname()
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -65,14 +64,32 @@ def pid_alive(host: str | None, pid: int | None) -> bool:
     return True
 
 
+def owner_alive(job: Job, locks: list[LockInfo], *, etcd: bool) -> bool:
+    """Whether a job's controller still runs, as far as the journal can tell.
+
+    etcd: the job's locks live on its owner's lease, so a live lease is a live owner
+    and no lock left means the lease is gone. SQLite: a pid check, which only works on
+    this host; an owner elsewhere is trusted to be alive (that set-up needs etcd).
+    """
+    leases = [row.lease_remaining_s for row in locks
+              if row.job_id == job.id and row.lease_remaining_s is not None]
+    if leases:
+        return max(leases) > 0
+    if job.owner_host == socket.gethostname():
+        return pid_alive(job.owner_pid)
+    return not etcd
+
+
 def unfinished(journal: Journal) -> list[Job]:
     return [job for job in journal.list_jobs(100) if not job.terminal]
 
 
-def running_jobs(journal: Journal) -> list[RunningJob]:
+def running_jobs(journal: Journal, *, etcd: bool) -> list[RunningJob]:
+    jobs = unfinished(journal)
+    locks = journal.locks() if jobs else []
     return [RunningJob(j.id, j.kind, str(j.state), j.params.get("source"),
-                       j.params.get("target"), pid_alive(j.owner_host, j.owner_pid))
-            for j in unfinished(journal)]
+                       j.params.get("target"), owner_alive(j, locks, etcd=etcd))
+            for j in jobs]
 
 
 class Agent:
@@ -134,7 +151,7 @@ class Agent:
         self._reap()
         observation = self.monitor.observe(self.store.marks(), now)
         self.metrics.observed(observation)
-        jobs = running_jobs(self.journal)
+        jobs = running_jobs(self.journal, etcd=self.config.journal.backend == "etcd")
         made = self._takeovers(jobs, now)
         history = self.store.reseeds(now - max(DAY_S, self.policy.flap_window_s))
         master = observation.replicas.get(observation.master or "")

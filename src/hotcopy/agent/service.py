@@ -18,7 +18,7 @@ from hotcopy.agent.loop import Agent, operator
 from hotcopy.agent.metrics import AgentMetrics
 from hotcopy.agent.store import AgentStore, SqliteAgentStore
 from hotcopy.config import Config
-from hotcopy.saga import SqliteJournal
+from hotcopy.saga.factory import open_journal
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def open_store(config: Config) -> AgentStore:
 
 
 def run(config: Config, *, observe_only: bool, metrics_port: int | None) -> None:
-    journal = SqliteJournal(config.journal_path())
+    journal = open_journal(config)
     store = open_store(config)
     metrics = AgentMetrics(config.shard.name)
     port = config.agent.metrics_port if metrics_port is None else metrics_port
@@ -53,7 +53,7 @@ def run(config: Config, *, observe_only: bool, metrics_port: int | None) -> None
 
 
 def show(config: Config) -> dict[str, Any]:
-    journal = SqliteJournal(config.journal_path())
+    journal = open_journal(config)
     store = open_store(config)
     try:
         return status.build(config, store, journal, time.time())

@@ -24,12 +24,12 @@ def _child(config_path: str, action: str, source: str | None, target: str | None
     from hotcopy import config as config_module
     from hotcopy.progress import NullReporter
     from hotcopy.runtime import Runtime
-    from hotcopy.saga import SqliteJournal
+    from hotcopy.saga.factory import open_journal
     from hotcopy.workflows import clone
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's stop handler is not ours
     config = config_module.load(config_path)
-    journal = SqliteJournal(config.journal_path())
+    journal = open_journal(config)
     runtime = Runtime(config)
     reporter = NullReporter()
     if action == "reseed":
@@ -44,6 +44,7 @@ def _child(config_path: str, action: str, source: str | None, target: str | None
     log.info("%s %s ended %s", action, outcome.job.id, outcome.job.state,
              extra={"event": "job-ended", "job": outcome.job.id,
                     "state": str(outcome.job.state), "exit_code": int(outcome.exit_code)})
+    journal.close()  # gives up an etcd lease at once: the job is nobody's any more
     os._exit(int(outcome.exit_code))
 
 
