@@ -203,6 +203,26 @@ class ServerConfig(_Strict):
         return value
 
 
+class AgentConfig(_Strict):
+    """`hotcopy agent run`: how often it looks, and the rails on what it may do."""
+
+    interval_s: float = Field(default=10, gt=0, description="seconds between polls")
+    grace_s: float = Field(default=60, ge=0,
+                           description="an SQL thread stopped on an error this long is broken")
+    flap_window_s: float = Field(default=3600, ge=0,
+                                 description="no second automated re-seed of a replica within")
+    max_reseeds_per_day: int = Field(default=4, ge=0)
+    lag_threshold_s: int = Field(default=60, ge=0, description="reported as lagging beyond")
+    audit_interval_s: float = Field(default=300, ge=0,
+                                    description="how often a donor's crash-safety is audited")
+    lease_ttl_s: float = Field(default=15, gt=0, description="leader lease")
+    observe_only: bool = Field(default=False, description="decide and report, change nothing")
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = Field(default=9470, ge=0, le=65535, description="0: no endpoint")
+    store_path: str | None = Field(default=None,
+                                   description="SQLite agent store; default beside the journal")
+
+
 class Config(_Strict):
     shard: ShardConfig
     mysql: MysqlConfig
@@ -213,6 +233,7 @@ class Config(_Strict):
     ssh: SshConfig = SshConfig()
     hooks: HooksConfig = HooksConfig()
     promotion: PromotionConfig = PromotionConfig()
+    agent: AgentConfig = AgentConfig()
     servers: dict[str, ServerConfig] = Field(min_length=1)
     source_path: str = ""
 
@@ -240,6 +261,11 @@ class Config(_Strict):
         if self.journal.path:
             return self.journal.path
         return os.path.join(DEFAULT_STATE_DIR, "journal.sqlite")
+
+    def agent_store_path(self) -> str:
+        if self.agent.store_path:
+            return self.agent.store_path
+        return os.path.join(os.path.dirname(self.journal_path()), "agent.sqlite")
 
 
 def _format_location(loc: tuple[int | str, ...]) -> str:

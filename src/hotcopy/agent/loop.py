@@ -1,0 +1,264 @@
+"""The agent's loop: poll, decide, and (as leader only) start a workflow.
+
+The agent never changes a host itself: every change it causes is a clone, resume or
+rollback run through hotcopy.workflows.clone, journaled with its undo like one an
+operator starts. Everything it concludes is recorded as a decision with its reasons.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hotcopy.agent import decisions, worker
+from hotcopy.agent.health import HealthMonitor
+from hotcopy.agent.metrics import AgentMetrics
+from hotcopy.agent.model import Decision, Policy, ReseedRecord, RunningJob
+from hotcopy.agent.store import AgentStore
+from hotcopy.config import Config
+from hotcopy.errors import HotcopyError
+from hotcopy.runtime import Runtime
+from hotcopy.saga import Job, JobState, Journal, LockInfo
+from hotcopy.workflows.report import job_report
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86400.0
+
+
+def policy_of(config: Config) -> Policy:
+    agent = config.agent
+    return Policy(grace_s=agent.grace_s, flap_window_s=agent.flap_window_s,
+                  max_reseeds_per_day=agent.max_reseeds_per_day,
+                  lag_threshold_s=agent.lag_threshold_s,
+                  free_space_margin=config.clone.free_space_margin)
+
+
+def agent_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def operator() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner_alive(job: Job, locks: list[LockInfo], *, etcd: bool) -> bool:
+    """Whether a job's controller still runs, as far as the journal can tell.
+
+    etcd: the job's locks live on its owner's lease, so a live lease is a live owner
+    and no lock left means the lease is gone. SQLite: a pid check, which only works on
+    this host; an owner elsewhere is trusted to be alive (that set-up needs etcd).
+    """
+    leases = [row.lease_remaining_s for row in locks
+              if row.job_id == job.id and row.lease_remaining_s is not None]
+    if leases:
+        return max(leases) > 0
+    if job.owner_host == socket.gethostname():
+        return pid_alive(job.owner_pid)
+    return not etcd
+
+
+def unfinished(journal: Journal) -> list[Job]:
+    return [job for job in journal.list_jobs(100) if not job.terminal]
+
+
+def running_jobs(journal: Journal, *, etcd: bool) -> list[RunningJob]:
+    jobs = unfinished(journal)
+    locks = journal.locks() if jobs else []
+    return [RunningJob(j.id, j.kind, str(j.state), j.params.get("source"),
+                       j.params.get("target"), owner_alive(j, locks, etcd=etcd))
+            for j in jobs]
+
+
+class Agent:
+    def __init__(self, config: Config, journal: Journal, store: AgentStore,
+                 metrics: AgentMetrics, *, observe_only: bool,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.journal = journal
+        self.store = store
+        self.metrics = metrics
+        self.observe_only = observe_only or config.agent.observe_only
+        self.clock = clock
+        self.id = agent_identity()
+        self.policy = policy_of(config)
+        self.runtime = Runtime(config)
+        self.monitor = HealthMonitor(self.runtime, self.policy,
+                                     audit_interval_s=config.agent.audit_interval_s)
+        self.worker: worker.Worker | None = None
+        self.is_leader = False
+        self._last: dict[tuple[str, str | None], tuple[Any, ...]] = {}
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("agent %s started for shard %s%s", self.id, self.config.shard.name,
+                 " (observe only)" if self.observe_only else "",
+                 extra={"event": "agent-started", "agent": self.id,
+                        "observe_only": self.observe_only})
+        try:
+            while not stop.is_set():
+                try:
+                    self.tick()
+                except HotcopyError as exc:
+                    log.error("poll failed: %s", exc.message, extra={"event": "poll-failed"})
+                stop.wait(self.config.agent.interval_s)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        if self.worker is not None and self.worker.alive:
+            log.warning("stopping: %s of %s is rolled back", self.worker.action,
+                        self.worker.target, extra={"event": "worker-stopping"})
+            self.worker.stop(timeout_s=600)
+            self._reap()
+        self.store.resign(self.id)
+        self.runtime.close()
+
+    def tick(self) -> None:
+        now = self.clock()
+        self.is_leader = self.store.campaign(self.id, self.config.agent.lease_ttl_s, now)
+        pause = self.store.pause()
+        self.metrics.flags(leader=self.is_leader, paused=pause is not None,
+                           observe_only=self.observe_only)
+        self.store.heartbeat(self.id, {"host": socket.gethostname(), "pid": os.getpid(),
+                                       "leader": self.is_leader,
+                                       "observe_only": self.observe_only}, now)
+        if not self.is_leader:
+            return
+        self._reap()
+        observation = self.monitor.observe(self.store.marks(), now)
+        self.metrics.observed(observation)
+        jobs = running_jobs(self.journal, etcd=self.config.journal.backend == "etcd")
+        made = self._takeovers(jobs, now)
+        history = self.store.reseeds(now - max(DAY_S, self.policy.flap_window_s))
+        master = observation.replicas.get(observation.master or "")
+        made += decisions.decide(observation, policy=self.policy, pause=pause, jobs=jobs,
+                                 history=history, observe_only=self.observe_only,
+                                 master_major=master.major if master else "")
+        for decision in made:
+            self._record(decision)
+            if decision.action == "reseed" and not self.observe_only and self.worker is None:
+                self._start_reseed(decision)
+        self._publish(observation.as_dict(), made, pause is not None, now)
+
+    # -- acting -----------------------------------------------------------------------
+
+    def _takeovers(self, jobs: list[RunningJob], now: float) -> list[Decision]:
+        """Jobs whose controller is gone: finish them by policy (one at a time)."""
+        made: list[Decision] = []
+        if self.worker is not None:
+            return made  # our own job, or one at a time: the next poll looks again
+        for job in jobs:
+            if job.owner_alive:
+                continue
+            steps = {s.name: s.outcome for s in self.journal.steps(job.id)}
+            outstanding = {e.step for e in self.journal.undo_entries(job.id)
+                           if e.outstanding and e.step}
+            state = self.journal.get_job(job.id).state
+            if state in (JobState.ROLLING_BACK, JobState.ROLLBACK_INCOMPLETE):
+                action, why = "rollback", f"job {job.id} was rolling back: finishing it"
+            else:
+                action, why = decisions.takeover(job.id, steps, outstanding)
+            decision = Decision(action, job.target, [f"the controller of job {job.id} is gone",
+                                                     why], now, donor=job.source, job=job.id,
+                                observe_only=self.observe_only)
+            made.append(decision)
+            if not self.observe_only and self.worker is None:
+                self.worker = worker.spawn(self.config.source_path, action, job=job.id,
+                                           source=job.source, target=job.target)
+        return made
+
+    def _start_reseed(self, decision: Decision) -> None:
+        assert decision.target is not None and decision.donor is not None
+        self.worker = worker.spawn(self.config.source_path, "reseed", source=decision.donor,
+                                   target=decision.target)
+        self.worker.history_row = self.store.record_reseed(
+            ReseedRecord(decision.target, decision.donor, None, self.worker.started))
+        self.store.unmark(decision.target)  # an operator's mark is used up by this re-seed
+        self.metrics.reseed_started()
+
+    def _job_of(self, running: worker.Worker) -> str | None:
+        if running.job is not None:
+            return running.job
+        for job in self.journal.list_jobs(20):
+            if (job.kind == "clone" and job.params.get("target") == running.target
+                    and job.created >= running.started - 1):
+                running.job = job.id
+                return job.id
+        return None
+
+    def _reap(self) -> None:
+        running = self.worker
+        if running is None:
+            return
+        job_id = self._job_of(running)
+        if running.alive:
+            if job_id and running.history_row is not None:
+                self.store.update_reseed(running.history_row, job=job_id, outcome="started")
+            return
+        self.worker = None
+        report = job_report(self.journal, job_id) if job_id else {"state": "failed"}
+        seconds = self.clock() - running.started
+        if running.history_row is not None:
+            self.store.update_reseed(running.history_row, job=job_id,
+                                     outcome=str(report.get("state")))
+        if running.action == "reseed":
+            self.metrics.reseed_finished(report, seconds)
+        if running.target:
+            self.monitor.forget(running.target)
+        log.info("%s of %s (job %s) ended %s after %.0fs", running.action, running.target,
+                 job_id, report.get("state"), seconds,
+                 extra={"event": "job-finished", "action": running.action, "job": job_id,
+                        "target": running.target, "state": report.get("state"),
+                        "exit_code": running.exit_code, "seconds": round(seconds, 3)})
+
+    # -- recording ---------------------------------------------------------------------
+
+    def _record(self, decision: Decision) -> None:
+        """A decision is recorded when it changes, not at every poll."""
+        slot = (decision.action if decision.target is None else "replica", decision.target)
+        if self._last.get(slot) == decision.key():
+            return
+        self._last[slot] = decision.key()
+        body = decision.as_dict()
+        body["agent"] = self.id
+        self.store.record_decision(body)
+        level = logging.WARNING if decision.action in ("master-down", "no-donor") else logging.INFO
+        log.log(level, "decision: %s %s%s: %s", decision.action, decision.target or "",
+                 f" from {decision.donor}" if decision.donor else "", "; ".join(decision.reasons),
+                 extra={"event": "decision", "decision": body})
+
+    def _publish(self, observation: dict[str, Any], made: list[Decision], paused: bool,
+                 now: float) -> None:
+        running = None
+        if self.worker is not None:
+            running = {"action": self.worker.action, "source": self.worker.source,
+                       "target": self.worker.target, "job": self.worker.job,
+                       "started": self.worker.started, "pid": self.worker.process.pid}
+        self.store.put_status({"at": now, "leader": self.id, "observation": observation,
+                               "current_decisions": [d.as_dict() for d in made],
+                               "worker": running, "paused": paused,
+                               "observe_only": self.observe_only})
