@@ -19,10 +19,11 @@ from hotcopy.mysql.audit.data import (
     summary,
 )
 from hotcopy.mysql.audit.facts import Facts, TableFacts, UniqueKey
-from hotcopy.mysql.audit.model import CRITICAL, INFO, OK, WARNING, Finding
+from hotcopy.mysql.audit.model import CRITICAL, INFO, OK, WARNING, Finding, ServerAudit
 from hotcopy.mysql.flavor.base import Flavor, ReplicaStatus
 from hotcopy.mysql.flavor.mariadb import MariaDB
 from hotcopy.mysql.flavor.mysql import MySQL
+from hotcopy.workflows.audit import SHOWN_TABLES, build_report, render
 
 CHANNEL = ReplicaStatus("10.0.0.1", 3306, "repl", "Yes", "Yes", 0, "bin.000001", 4, "", "",
                         0, "Slave_Pos")
@@ -137,3 +138,39 @@ def test_clean_data_is_one_ok_finding_and_the_lists_are_per_schema() -> None:
     assert brief["keyless"] == 2 and brief["keyless_critical"] == 1
     assert brief["largest_keyless"][0] == f"app.big ({LARGE_ROWS * 3:,} rows)"
     assert brief["non_transactional_tables"] == ["other.m (MyISAM)"]
+
+
+def _rendered(*audits: ServerAudit, dry_run: bool = False) -> str:
+    plan = [step for a in audits for step in a.fix_plan()]
+    return "\n".join(render(build_report(list(audits), fix=False, dry_run=dry_run, plan=plan)))
+
+
+def test_terminal_shows_ten_tables_per_check_and_says_how_many_more() -> None:
+    many = facts(MariaDB((10, 11, 6)), *(table(f"t{i:02d}") for i in range(25)),
+                 table("legacy", "MyISAM", keys=(PK,)))
+    audit = ServerAudit("replica1", "mariadb", "10.11.6", "replica",
+                        findings=run_checks(many))
+    text = _rendered(audit)
+    assert text.count(" keyless_table: ") == SHOWN_TABLES
+    assert "... and 15 more keyless_table finding(s): all are in --json" in text
+    assert text.count("why: a replayed or skipped transaction") == 1  # said once
+    assert "NOT crash-safe" in text and "--fix --dry-run" in text
+    planned = _rendered(audit, dry_run=True)
+    assert "--fix would apply 1 fix(es):" in planned
+    assert "ALTER TABLE `app`.`legacy` ENGINE=InnoDB;" in planned
+    assert "replication keeps running; not binlogged (sql_log_bin=0)" in planned
+
+
+def test_an_unreachable_server_is_unreachable_with_exit_3_not_unsafe() -> None:
+    ghost = ServerAudit("ghost", role="unreachable",
+                        error={"message": "cannot connect to ghost", "hint": "is it up?"})
+    fine = ServerAudit("replica1", "mariadb", "10.11.6", "replica",
+                       findings=[Finding("using_gtid", OK, "Slave_Pos")])
+    report = build_report([ghost, fine], fix=False, dry_run=False, plan=[])
+    assert report["exit_code"] == 3 and report["unreachable"] == ["ghost"]
+    assert report["crash_safe"] == {"ghost": None, "replica1": True}
+    assert report["problems"] == 0
+    text = "\n".join(render(report))
+    assert "ghost[/]: [bold yellow]UNREACHABLE[/], not audited" in text
+    assert "NOT crash-safe" not in text and "cannot connect to ghost" in text
+    assert build_report([fine], fix=False, dry_run=False, plan=[])["exit_code"] == 0
