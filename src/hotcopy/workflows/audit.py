@@ -88,10 +88,10 @@ def run(runtime: Runtime, names: list[str], *, fix: bool, dry_run: bool = False,
             wanted.setdefault(step["server"], set()).add(step["key"])
         audits = [audit_one(runtime, a.server, fix=True, only=frozenset(wanted[a.server]))
                   if a.server in wanted else a for a in audits]
-    return _report(audits, fix=applying, dry_run=dry_run, plan=plan)
+    return build_report(audits, fix=applying, dry_run=dry_run, plan=plan)
 
 
-def _report(audits: list[ServerAudit], *, fix: bool, dry_run: bool,
+def build_report(audits: list[ServerAudit], *, fix: bool, dry_run: bool,
             plan: list[dict[str, Any]]) -> dict[str, Any]:
     unreachable = [a.server for a in audits if not a.reachable]
     problems = sum(len(a.problems) for a in audits)  # a diagnosis comes with its finding
