@@ -232,3 +232,30 @@ def test_controller_killed_after_the_snapshot_is_taken_over_after_its_lease(
     assert done.state is JobState.ROLLED_BACK
     assert done.owner_pid != job.owner_pid
     assert_restored(shard)
+
+
+def test_a_paused_controller_is_deposed_after_its_lease_and_then_touches_nothing(
+    shard: Shard, cluster: EtcdCluster,
+) -> None:
+    """Frozen past its TTL (a VM pause, a partition): another controller rolls the job
+    back; when the first one wakes, its next journal write is rejected and it exits 3."""
+    clone = FrozenClone(shard)
+    clone.freeze_in_transfer()
+    results: list[subprocess.CompletedProcess[str]] = []
+    assert wait_for(lambda: results.append(rollback(shard, clone.job_id))
+                    or results[-1].returncode != 2, timeout=4 * TTL_S, interval=0.5)
+    assert results[-1].returncode == 0, results[-1].stderr[-3000:]
+    assert shard.job(clone.job_id).state is JobState.ROLLED_BACK
+    assert_restored(shard)
+    undone = [e.seq for e in shard.journal().undo_entries(clone.job_id) if not e.outstanding]
+
+    clone.thaw()
+    code, stderr = clone.finish()
+    assert code == 3, stderr[-3000:]
+    assert f"job {clone.job_id}: this controller no longer owns it" in stderr
+    after = shard.job(clone.job_id)
+    assert after.state is JobState.ROLLED_BACK
+    assert [e.seq for e in shard.journal().undo_entries(clone.job_id)
+            if not e.outstanding] == undone
+    assert leftovers(shard.info) == []  # it recreated nothing on any host
+    assert_restored(shard)
