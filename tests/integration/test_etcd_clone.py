@@ -199,6 +199,11 @@ def test_quorum_lost_mid_clone_stops_the_controller_then_a_rollback_restores_all
     cluster.wait_ready()
     job = shard.job(clone.job_id)
     assert job.state is JobState.RUNNING  # not rolled back behind the journal's back
+    shown = hotcopy("show", "--config", str(shard.config), clone.job_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["state"] == "running" and report["outstanding_undo"], report
+    assert {s["name"] for s in report["steps"]} >= {"snapshot", "pull"}
     outstanding = {e.seq for e in shard.journal().undo_entries(clone.job_id) if e.outstanding}
     assert {e.seq for e in entries_before if e.outstanding} <= outstanding
     results: list[subprocess.CompletedProcess[str]] = []

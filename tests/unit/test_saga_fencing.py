@@ -100,8 +100,10 @@ def test_etcd_takeover_is_refused_while_the_lease_lives_and_allowed_after_it_exp
             assert time.monotonic() < deadline
             time.sleep(0.05)
         # By its own clock the lease is nearly gone: it may record, but must not act.
-        with pytest.raises(JournalUnavailable, match="valid for only"):
+        with pytest.raises(JournalUnavailable, match="stops before making the change"):
             owner.append_undo(job.id, "a", {}, "undo", None)
+        with pytest.raises(JournalUnavailable, match="stops before running this undo"):
+            owner.claim_undo(job.id, 1)
         while True:  # etcd expires the lease (bounded: TTL 3 s)
             try:
                 rival.claim_job(job.id, "ctl2", 1)

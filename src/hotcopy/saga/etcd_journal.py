@@ -360,14 +360,7 @@ class EtcdJournal:
             return self._entry(_dump(value))
 
         entry = self._retry(job_id, attempt)
-        left = self.lease_valid_for()
-        if left < self.margin_s:
-            # Recorded, but the lease may lapse before the change is made: a new owner
-            # could then run this undo before we act. Do not act.
-            raise JournalUnavailable(
-                f"job {job_id}: this controller's etcd lease is valid for only {left:.1f} s "
-                "more; it stops before making the change",
-                hint=f"after the lease expired, `hotcopy rollback {job_id}` from any host")
+        self._refuse_if_lease_lapsing(job_id, "making the change")
         return entry
 
     def _modify_entry(
@@ -397,7 +390,19 @@ class EtcdJournal:
                                  "outstanding")
             entry["claimed_epoch"] = epoch
 
-        return self._modify_entry(job_id, seq, change)
+        entry = self._modify_entry(job_id, seq, change)
+        self._refuse_if_lease_lapsing(job_id, "running this undo")
+        return entry
+
+    def _refuse_if_lease_lapsing(self, job_id: str, what: str) -> None:
+        """Recorded, but our lease may lapse before we act: a new owner could then act
+        on the same entry at the same time. By our own clock, with a margin: stop."""
+        left = self.lease_valid_for()
+        if left < self.margin_s:
+            raise JournalUnavailable(
+                f"job {job_id}: this controller's etcd lease is valid for only {left:.1f} s "
+                f"more; it stops before {what}",
+                hint=f"after the lease expired, `hotcopy rollback {job_id}` from any host")
 
     def set_undo_state(
         self, job_id: str, seq: int, state: EntryState, *, attempts: int, error: str | None
