@@ -34,6 +34,8 @@ from tests.etcd_cluster import EtcdCluster, require_etcd, unique_prefix
 
 from .helpers import hotcopy, leftovers, runtime, sql_thread_running, wait_for, wait_replicating
 
+pytestmark = pytest.mark.etcd
+
 SOURCE, TARGET = "replica1", "replica2"
 TTL_S = 6
 

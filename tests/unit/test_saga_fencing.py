@@ -81,6 +81,7 @@ def test_no_change_is_recorded_once_a_rollback_has_begun(journal_store: JournalS
     assert journal.undo_entries(job.id) == []
 
 
+@pytest.mark.etcd
 def test_etcd_takeover_is_refused_while_the_lease_lives_and_allowed_after_it_expired(
     etcd_single: EtcdCluster,
     tmp_path: Path,
