@@ -20,6 +20,7 @@ from hotcopy.saga import (
     JobState,
     JournalUnavailable,
     OwnerAlive,
+    SqliteJournal,
 )
 from hotcopy.saga.etcd_journal import EtcdJournal
 from tests.etcd_cluster import EtcdCluster
@@ -188,3 +189,37 @@ def test_two_rollbacks_at_once_exactly_one_runs_the_undos(
     assert losers[0] == "ran 0" or losers[0].startswith(f"refused job {job.id} is owned by")
     assert (tmp_path / "undone").read_text().split() == ["4", "3", "2", "1"]
     assert journal_store.open().get_job(job.id).state is JobState.ROLLED_BACK
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys
+    from hotcopy.saga import SqliteJournal
+    journal = SqliteJournal(sys.argv[1])
+    print(journal.create_job("clone", {}).id, flush=True)
+    sys.stdin.read()  # alive until the test closes our stdin or kills us
+    """
+)
+
+
+def test_sqlite_refuses_a_takeover_while_the_owner_process_lives(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(Path(hotcopy.__file__).resolve().parent.parent)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout is not None
+        job_id = holder.stdout.readline().strip()
+        journal = SqliteJournal(path)
+        with pytest.raises(OwnerAlive, match=rf"job {job_id} is owned by pid {holder.pid} on"):
+            journal.claim_job(job_id, "ctl2", os.getpid())
+        assert journal.get_job(job_id).owner_pid == holder.pid  # the refusal changed nothing
+        holder.kill()
+        holder.wait(timeout=30)
+        taken = journal.claim_job(job_id, "ctl2", os.getpid())
+        assert taken.epoch == 2
+        journal.close()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(timeout=30)
