@@ -232,3 +232,7 @@ class MariaDB:
         position = ",".join([*kept, gtid])
         return [self.stop_replica(), ("SET GLOBAL gtid_slave_pos = %s", (position,)),
                 self.start_replica()]
+
+    def tablespace_files(self) -> Statement:
+        return ("SELECT NAME AS name, FILENAME AS path "
+                "FROM information_schema.INNODB_SYS_TABLESPACES", ())

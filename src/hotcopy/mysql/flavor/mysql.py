@@ -259,3 +259,7 @@ class MySQL:
         return [self.stop_replica(), ("SET SESSION GTID_NEXT = %s", (gtid,)), ("BEGIN", ()),
                 ("COMMIT", ()), ("SET SESSION GTID_NEXT = 'AUTOMATIC'", ()),
                 self.start_replica()]
+
+    def tablespace_files(self) -> Statement:
+        return ("SELECT TABLESPACE_NAME AS name, FILE_NAME AS path "
+                "FROM INFORMATION_SCHEMA.FILES WHERE ENGINE = 'InnoDB'", ())
