@@ -245,6 +245,11 @@ def _check_target_sql(report: Preflight, runtime: Runtime, target: str,
     running = control.is_running()
     report.facts["target_running"] = running
     if not running:
+        try:
+            control.ensure_stopped_for_real()
+        except RefusedError as exc:
+            report.error("target.running", exc.message, exc.hint)
+            return
         report.warn("target.down", f"mysqld on {target} is not running; it will be re-seeded "
                     "and started")
         return

@@ -231,6 +231,7 @@ def stop_target(ctx: StepContext) -> dict[str, Any]:
     target = ctx.params["target"]
     control = ctx.runtime.mysqld(target)
     if not control.is_running():
+        control.ensure_stopped_for_real()  # a mysqld we cannot see must not lose its datadir
         return {"target_was_running": False, "_detail": "was not running"}
     ctx.push("mysqld.start", {"server": target})
     server = ctx.runtime.server(target)
