@@ -265,7 +265,9 @@ def swap_datadir(ctx: StepContext) -> dict[str, Any]:
     if executor.exists(datadir):
         moved_to = old_datadir_path(ctx)
         ctx.push("host.restore_datadir", {"server": target, "datadir": datadir,
-                                          "moved_to": moved_to})
+                                          "moved_to": moved_to,
+                                          "original_identity": files.identity(executor,
+                                                                              datadir)})
         files.rename(executor, datadir, moved_to)
     else:
         ctx.push("host.remove_tree", {"server": target, "path": datadir})
