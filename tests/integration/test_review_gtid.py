@@ -97,3 +97,5 @@ def test_a_stale_gtid_slave_pos_is_not_used_to_position_the_clone(
     _exec(rt, sandbox.master, "INSERT INTO review_gtid.t VALUES (100)")
     wait_replicating(target, rt.server(sandbox.master))
     assert target.scalar(("SELECT COUNT(*) FROM review_gtid.t", ())) == 6
+    phantom = stale.rsplit(",", 1)[1]
+    assert phantom not in str(target.scalar(("SELECT @@GLOBAL.gtid_slave_pos", ())))
