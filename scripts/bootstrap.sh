@@ -21,7 +21,10 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 packages=(mariadb-server mariadb-client mariadb-backup btrfs-progs zfs-fuse rsync socat pv
           openssh-server openssh-client sysbench iproute2 zstd util-linux procps psmisc
-          python3 python3-venv kmod etcd-server etcd-client)
+          python3 python3-venv kmod etcd-server etcd-client
+          # The LVM tests (its core runs in scripts/test): a qemu guest on Debian's own
+          # kernel with this root over 9p, because this kernel may lack device-mapper.
+          qemu-system-x86 linux-image-amd64 lvm2 xfsprogs)
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -36,36 +39,21 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Opt-in, never by default (HOTCOPY_LVM_TIER=1, as scripts/test-lvm does): the LVM test
-# tier boots a qemu guest on Debian's own kernel with this root over 9p, because this
-# kernel may lack device-mapper. It installs a kernel and rebuilds its initramfs with
-# the 9p modules, which a plain development machine does not need.
-if [[ ${HOTCOPY_LVM_TIER:-0} == 1 ]]; then
-    lvm_missing=()
-    for pkg in qemu-system-x86 linux-image-amd64 lvm2 xfsprogs; do
-        status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-        [[ $status == installed ]] || lvm_missing+=("$pkg")
-    done
-    if ((${#lvm_missing[@]})); then
-        echo "bootstrap: installing ${lvm_missing[*]} for the LVM tier"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${lvm_missing[@]}" >/dev/null
+# The LVM guest boots the host's kernel package with the host's root over 9p: its
+# initramfs needs the 9p modules (rebuilt once per kernel, then nothing to do).
+for module in 9p 9pnet 9pnet_virtio netfs; do
+    grep -qx "$module" /etc/initramfs-tools/modules \
+        || echo "$module" >>/etc/initramfs-tools/modules
+done
+for kernel in /boot/vmlinuz-*; do
+    [[ -e $kernel ]] || continue
+    version=${kernel#/boot/vmlinuz-}
+    # Not grep -q: quitting early would SIGPIPE lsinitramfs, a failure under pipefail.
+    if ! lsinitramfs "/boot/initrd.img-$version" 2>/dev/null | grep '/9pnet_virtio\.ko' >/dev/null; then
+        echo "bootstrap: adding 9p to the initramfs of $version for the LVM tests"
+        update-initramfs -u -k "$version" >/dev/null
     fi
-    for module in 9p 9pnet 9pnet_virtio netfs; do
-        grep -qx "$module" /etc/initramfs-tools/modules \
-            || echo "$module" >>/etc/initramfs-tools/modules
-    done
-    for kernel in /boot/vmlinuz-*; do
-        [[ -e $kernel ]] || continue
-        version=${kernel#/boot/vmlinuz-}
-        # Not grep -q: quitting early would SIGPIPE lsinitramfs, a failure under pipefail.
-        if ! lsinitramfs "/boot/initrd.img-$version" 2>/dev/null | grep '/9pnet_virtio\.ko' >/dev/null; then
-            echo "bootstrap: adding 9p to the initramfs of $version for the LVM tier"
-            update-initramfs -u -k "$version" >/dev/null
-        fi
-    done
-fi
+done
 
 # Kernel parts the tests use: btrfs (sandbox datadirs), loop (their images), fuse
 # (zfs-fuse). A stock Debian kernel has them as modules that nothing loads; load those

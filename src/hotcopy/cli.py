@@ -469,6 +469,42 @@ def _finish(report: dict[str, Any], code: ExitCode, error: HotcopyError | None,
     sys.exit(int(code))
 
 
+@cli.command()
+@CONFIG_OPTION
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@JSON_OPTION
+def cleanup(config_path: str, dry_run: bool, as_json: bool) -> None:
+    """Remove what committed clones left behind (e.g. an old datadir after a crash).
+
+    \b
+    Exit codes: 0 nothing left (or, with --dry-run, listed), 3 something could not be
+    removed (the message says what and why).
+    """
+    from hotcopy.workflows import cleanup as workflow
+
+    def run() -> None:
+        config, journal = _open(config_path)
+        runtime = Runtime(config)
+        try:
+            items = workflow.run(runtime, journal, dry_run=dry_run)
+        finally:
+            runtime.close()
+        failed = [item for item in items if item.error]
+        if as_json:
+            click.echo(json.dumps({"dry_run": dry_run, "leftovers": [vars(i) for i in items]},
+                                  indent=2))
+        elif not items:
+            out_console.print("nothing left behind by committed jobs")
+        for item in [] if as_json else items:
+            verdict = ("would remove" if dry_run else
+                       f"[red]failed[/]: {escape(item.error)}" if item.error else "removed")
+            out_console.print(f"{item.job} {item.server} {item.kind} {escape(item.what)}: "
+                              f"{verdict}")
+        sys.exit(int(ExitCode.ROLLBACK_INCOMPLETE) if failed else 0)
+
+    _guard(run)
+
+
 def main() -> None:
     cli(prog_name="hotcopy")
 

@@ -35,6 +35,7 @@ from .helpers import (
     wait_for,
     wait_replicating,
 )
+from .test_security import assert_method_kept_its_secrets
 
 BACKUP_TOOLS = ("mariabackup", "mariadb-backup", "xtrabackup")
 STATE_DIR = Path("/run/hotcopy")  # transfer.state_dir's default, which the sandbox keeps
@@ -228,3 +229,10 @@ def test_resume_after_a_crash_redoes_the_backup_and_commits(plain: SandboxInfo) 
     assert sql_thread_running(source) and job_files(job) == []
     assert leftovers(plain) == []
     rt.close()
+
+
+def test_backup_pipeline_keeps_every_secret(plain: SandboxInfo) -> None:
+    """The backup stream's token and the passwords (mariabackup reads them from an option
+    file copy): in no argv or environment sampled, nor in output, journal or logs."""
+    assert_method_kept_its_secrets(plain, "backup")
+    assert leftovers(plain) == []

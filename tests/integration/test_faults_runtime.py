@@ -16,8 +16,9 @@ from hotcopy.saga import JobState
 from hotcopy.sandbox import SandboxInfo
 
 from .conftest import control
-from .helpers import clone_json, leftovers, wait_for
+from .helpers import clone_json, has_schema, leftovers, wait_for, wait_replicating
 from .test_faults import (
+    MARKER,
     SOURCE,
     TARGET,
     BackgroundClone,
@@ -279,3 +280,54 @@ def test_kill_during_transfer_then_rollback_stops_the_orphaned_transfer(
     back, _ = run_json("rollback", "--config", str(config), job_id, "--json")
     assert back.returncode == 0, back.stderr[-3000:]
     assert_rolled_back(shard, job_id)  # leftovers() includes any process of the job
+
+
+DIFFER_DB = "hc_verify_differs"
+
+
+def test_verification_finds_a_table_that_differs_and_rolls_back(clean: Shard) -> None:
+    """The README row: verify finds a differing table, names it, rolls back, exit 1.
+
+    The clone stops itself right before verify (the new target replicates by then);
+    a row is changed on the target alone (sql_log_bin=0), as a corrupt copy or a stray
+    local write would, and nothing else ever touches that row.
+    """
+    master = clean.master
+    master.execute((f"CREATE DATABASE IF NOT EXISTS {DIFFER_DB}", ()))
+    master.execute((f"CREATE TABLE IF NOT EXISTS {DIFFER_DB}.t (id INT PRIMARY KEY, v INT) "
+                    "ENGINE=InnoDB", ()))
+    master.execute((f"REPLACE INTO {DIFFER_DB}.t VALUES (1, 1), (2, 2)", ()))
+    try:
+        wait_replicating(clean.source, master, timeout=60)
+        wait_replicating(clean.target, master, timeout=60)
+        run = BackgroundClone(clean, clean.info.config_path,
+                              env={"HOTCOPY_FAULT": "pause-before:verify"})
+        try:
+            assert wait_for(lambda: _stopped(run.proc.pid) or run.proc.poll() is not None,
+                            timeout=180, interval=0.05), "the clone never reached verify"
+            assert run.proc.poll() is None, "the clone ended before verify"
+            clean.reconnect()
+            assert not has_schema(clean.target, MARKER), "the target is not on the new copy"
+            session = clean.target.new_session()
+            try:
+                session.execute("SET SESSION sql_log_bin = 0")
+                session.execute(f"UPDATE {DIFFER_DB}.t SET v = 42 WHERE id = 2")
+            finally:
+                session.close()
+            run.proc.send_signal(signal.SIGCONT)
+            code, report, stderr = run.finish()
+        finally:
+            run.kill()
+        assert code == 1, stderr[-3000:]
+        assert report["state"] == "rolled-back"
+        error = report["error"] or ""
+        assert "verification failed" in error and f"{DIFFER_DB}.t" in error, error
+        assert "1 table(s) differ" in error, error
+        verify_step = next(s for s in report["steps"] if s["name"] == "verify")
+        assert verify_step["outcome"] == "failed", verify_step
+        assert_rolled_back(clean, run.job_id)
+        # The old datadir is back, and it never saw the stray write.
+        assert clean.target.scalar((f"SELECT v FROM {DIFFER_DB}.t WHERE id = 2", ())) == 2
+    finally:
+        clean.reconnect()
+        master.execute((f"DROP DATABASE IF EXISTS {DIFFER_DB}", ()))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from hotcopy.sandbox import SandboxInfo
+from hotcopy.sandbox import SandboxInfo, layout
 
 from ..real_parts import missing_tools, needs
 from .conftest import own_sandbox
@@ -46,8 +46,8 @@ def password_in(option_file: Path) -> str:
     return parser["client"]["password"].strip()
 
 
-def private_config(info: SandboxInfo, name: str,
-                   bwlimit_kbps: int | None = None) -> tuple[Path, Path, Path]:
+def private_config(info: SandboxInfo, name: str, bwlimit_kbps: int | None = None,
+                   transfer: str = "") -> tuple[Path, Path, Path]:
     """The sandbox config with its own (not yet existing) journal dir and secrets dir.
 
     Returns (config, journal file, transfer state dir): a fresh journal directory shows
@@ -63,6 +63,7 @@ def private_config(info: SandboxInfo, name: str,
     text += f'\n[transfer]\nstate_dir = "{state_dir}"\n'
     if bwlimit_kbps:
         text += f"bwlimit_kbps = {bwlimit_kbps}\n"
+    text += transfer
     config = base / "hotcopy.toml"
     config.write_text(text)
     config.chmod(0o600)
@@ -75,12 +76,32 @@ def processes() -> str:
                           check=True).stdout
 
 
+def environments() -> dict[int, str]:
+    """Every process's environment (/proc/PID/environ), as readable text."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            found[int(entry.name)] = (entry / "environ").read_bytes().decode("latin-1")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # gone meanwhile
+    return found
+
+
+#: The one-time secrets every method writes under transfer.state_dir: the rsync daemon's
+#: secrets and password files, the stream/zfs_send/backup listeners' tokens.
+SECRET_GLOBS = ("*/secrets", "*/*.pass", "*/token")
+
+
 @dataclass
 class Sampler:
-    """Samples every process's argv and picks up the rsync secrets while they exist."""
+    """Samples every process's argv and environment, and picks up the one-time secrets
+    (rsync secret, stream/zfs_send/backup token) while they exist."""
 
     state_dir: Path
     samples: list[str] = field(default_factory=list)
+    environments: set[str] = field(default_factory=set)
     secrets: set[str] = field(default_factory=set)
     secret_file_modes: set[int] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -90,7 +111,8 @@ class Sampler:
             # One PID namespace serves every host's network namespace, so this sees
             # the processes of all hosts (sshd sessions, rsync, mariadbd) at once.
             self.samples.append(processes())
-            for path in [*self.state_dir.glob("*/secrets"), *self.state_dir.glob("*/*.pass")]:
+            self.environments.update(environments().values())
+            for path in [p for pattern in SECRET_GLOBS for p in self.state_dir.glob(pattern)]:
                 try:
                     text, mode = path.read_text(), path.stat().st_mode
                 except FileNotFoundError:
@@ -109,6 +131,17 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(30)
+
+    def assert_kept(self, info: SandboxInfo, proc: subprocess.CompletedProcess[str],
+                    journal: Path, passwords: set[str]) -> None:
+        """No secret in any argv or environment sampled, output at -vv, journal or log."""
+        secrets = passwords | self.secrets
+        assert self.samples and self.environments, "nothing was sampled"
+        assert_nowhere(secrets, {f"ps sample {i}": s for i, s in enumerate(self.samples)})
+        assert_nowhere(secrets, {f"/proc/*/environ ({i})": e
+                                 for i, e in enumerate(sorted(self.environments))})
+        assert_nowhere(secrets, {"stderr at -vv": proc.stderr, "stdout": proc.stdout,
+                                 "journal": journal_bytes(journal), **server_logs(info)})
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -147,14 +180,56 @@ def test_no_secret_in_process_lists_output_journal_or_logs(hosts: SandboxInfo) -
     assert sampler.secrets, "the rsync secret files were never seen"
     assert sampler.secret_file_modes == {0o600}
     assert "SELECT" in proc.stderr, "-vv logs every query"
-    secrets = passwords | sampler.secrets
-    assert_nowhere(secrets, {f"ps sample {i}": s for i, s in enumerate(sampler.samples)})
-    assert_nowhere(secrets, {"stderr at -vv": proc.stderr, "stdout": proc.stdout,
-                             "journal": journal_bytes(journal), **server_logs(hosts)})
+    sampler.assert_kept(hosts, proc, journal, passwords)
     # The journal is private, and the secrets went with the transfer.
     assert stat.S_IMODE(journal.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(journal.stat().st_mode) == 0o600
     assert list(state_dir.iterdir()) == []
+    rt = runtime(hosts)
+    wait_replicating(rt.server(TARGET), rt.server(hosts.master))
+    rt.close()
+
+
+def sampled_clone(info: SandboxInfo, name: str, method: str,
+                  bwlimit_kbps: int = 20_000) -> tuple[subprocess.CompletedProcess[str], Sampler,
+                                                       Path, Path]:
+    """A clone with ``--transfer method`` (or the backup pipeline), watched by a Sampler."""
+    transfer = ""
+    if method == "rsync_ssh":  # host to host, with the sandbox's key and known_hosts
+        ssh = info.directory / layout.SSH_DIR
+        transfer = (f'ssh_known_hosts = "{ssh / layout.KNOWN_HOSTS}"\n'
+                    f'ssh_identity_file = "{ssh / layout.CLIENT_KEY}"\n')
+    config, journal, state_dir = private_config(info, name, bwlimit_kbps=bwlimit_kbps,
+                                                transfer=transfer)
+    extra = [] if method == "backup" else ["--transfer", method]
+    with Sampler(state_dir) as sampler:
+        proc = run_cli("clone", "--config", str(config), "--source", SOURCE, "--target", TARGET,
+                       "--yes", "--json", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["state"] == "committed"
+    return proc, sampler, journal, state_dir
+
+
+def assert_method_kept_its_secrets(info: SandboxInfo, method: str) -> None:
+    """Body of the per-method secrecy tests (here and in the zfs/backup modules)."""
+    passwords = {password_in(info.admin_option_file), password_in(info.repl_option_file)}
+    proc, sampler, journal, state_dir = sampled_clone(info, f"secrecy-{method}", method)
+    report = json.loads(proc.stdout)
+    assert method == "backup" or method in json.dumps(report["steps"]), report["steps"]
+    if method == "rsync_ssh":
+        # No daemon and no one-time secret: ssh carries rsync, with the hosts' keys.
+        assert any("rsync" in line and "ssh" in line
+                   for s in sampler.samples for line in s.splitlines())
+    else:
+        assert sampler.secrets, f"{method}: its one-time token was never seen"
+        assert sampler.secret_file_modes == {0o600}
+    sampler.assert_kept(info, proc, journal, passwords)
+    assert list(state_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("method", ["rsync_ssh", "stream"])
+def test_no_secret_anywhere_with_each_transfer(hosts: SandboxInfo, method: str) -> None:
+    assert_method_kept_its_secrets(hosts, method)
     rt = runtime(hosts)
     wait_replicating(rt.server(TARGET), rt.server(hosts.master))
     rt.close()

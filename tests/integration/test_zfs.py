@@ -43,6 +43,7 @@ from .helpers import (
     sql_thread_running,
     wait_replicating,
 )
+from .test_security import assert_method_kept_its_secrets
 
 METHODS = ("rsyncd", "zfs_send")
 #: Slow enough that dd reports progress (once a second) before the stream ends, so a
@@ -323,3 +324,10 @@ def test_zfs_send_is_incremental_from_a_shared_snapshot(
         if not target_ctl.is_running():
             target_ctl.start(timeout=120)
         rt.close()
+
+
+def test_zfs_send_keeps_every_secret(zfs_sandbox: SandboxInfo) -> None:
+    """zfs_send's token, the admin and replication passwords: in no argv or environment
+    sampled every 50 ms, nor in the output at -vv, the journal or the servers' logs."""
+    assert_method_kept_its_secrets(zfs_sandbox, "zfs_send")
+    assert zfs_leftovers(zfs_sandbox) == []

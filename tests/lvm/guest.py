@@ -31,7 +31,7 @@ RESULTS_SIZE = 64 * 1024**2
 NINEP_MODULES = ("9p.ko", "9pnet.ko", "9pnet_virtio.ko")
 HOST_TOOLS = ("qemu-system-x86_64", "lvcreate", "mariadbd", "mariadb-install-db", "rsync",
               "lsinitramfs")
-SETUP_HINT = "run HOTCOPY_LVM_TIER=1 scripts/bootstrap.sh (qemu, Debian kernel, lvm2, 9p initramfs)"
+SETUP_HINT = "run scripts/bootstrap.sh (qemu, Debian kernel, lvm2, 9p initramfs)"
 
 
 @dataclass
@@ -108,12 +108,13 @@ def _sparse(path: Path, size: int) -> None:
 
 
 def qemu_command(work: Path, kernel: Path, initrd: Path, budget_s: int, *,
-                 memory_mb: int, cpus: int) -> list[str]:
+                 memory_mb: int, cpus: int, parts: str = "all") -> list[str]:
     append = " ".join([
         "console=ttyS0", "root=hostroot", "rootfstype=9p",
         "rootflags=trans=virtio,version=9p2000.L,cache=loose,msize=262144", "ro",
         f"init={INIT}", "panic=-1", "quiet",
         f"hotcopy_repo={REPO}", f"hotcopy_work={work}", f"hotcopy_budget={budget_s}",
+        f"hotcopy_parts={parts}",
     ])
     return [
         "qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max",
@@ -130,14 +131,14 @@ def qemu_command(work: Path, kernel: Path, initrd: Path, budget_s: int, *,
 
 
 def run_guest(work: Path, *, budget_s: int = 900, memory_mb: int = 2048,
-              cpus: int = 2) -> GuestRun:
+              cpus: int = 2, parts: str = "all") -> GuestRun:
     """Boot, let the scenario run within budget_s, read the results disk."""
     found = find_kernel()
     if found is None:
         raise RuntimeError(f"no usable guest kernel: {SETUP_HINT}")
     _sparse(work / "scratch.img", SCRATCH_SIZE)
     _sparse(work / "results.img", RESULTS_SIZE)
-    command = qemu_command(work, *found, budget_s, memory_mb=memory_mb, cpus=cpus)
+    command = qemu_command(work, *found, budget_s, memory_mb=memory_mb, cpus=cpus, parts=parts)
     console_path = work / "console.log"
     started = time.monotonic()
     notes = []

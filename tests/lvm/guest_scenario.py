@@ -22,8 +22,12 @@ from guest_backend import backend_roundtrip, overflow, refusals, undo_by_name
 from guest_clone import clone_parts
 from guest_common import STARTED, VG, Results, make_lv, sh
 
+#: The core (`scripts/test` runs it): an LVM source cloned under write load, and a clone
+#: killed mid-transfer then rolled back. "all" (scripts/test-lvm) adds the rest.
+CORE_CLONES = ("clone_ext4", "clone_killed")
 
-def run_all(results: Results, work: Path, budget_s: float) -> None:
+
+def run_all(results: Results, work: Path, budget_s: float, parts: str = "all") -> None:
     with results.part("setup") as facts:
         sh("pvcreate", "-q", "-y", "/dev/vda")
         sh("vgcreate", "-q", VG, "/dev/vda")
@@ -32,6 +36,9 @@ def run_all(results: Results, work: Path, budget_s: float) -> None:
         facts["xfs"] = subprocess.run(["sh", "-c", "command -v mkfs.xfs"],
                                       capture_output=True, check=False).returncode == 0
         sh("mount", make_lv("work", "640M", "ext4"), "/srv")
+    if parts == "core":
+        clone_parts(results, work, ["ext4"], deadline=STARTED + budget_s, only=CORE_CLONES)
+        return
     filesystems = ["ext4", "xfs"] if results.facts("setup").get("xfs") else ["ext4"]
     for fstype in filesystems:
         with results.part(f"backend_{fstype}") as facts:
@@ -54,12 +61,14 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="host dir with the inputs")
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--budget", type=float, default=600)
+    parser.add_argument("--parts", choices=["all", "core"], default="all")
     args = parser.parse_args()
     results = Results(args.results)
     # Python imports are slow under emulation; the guest's clock says how slow.
     results.data["uptime_at_main_s"] = float(Path("/proc/uptime").read_text().split()[0])
     try:
-        run_all(results, args.work, args.budget)
+        results.data["parts"] = args.parts
+        run_all(results, args.work, args.budget, args.parts)
     finally:
         results.save()
     return 0

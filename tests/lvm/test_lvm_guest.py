@@ -18,6 +18,7 @@ import pytest
 
 from tests.lvm import guest as guest_module
 from tests.lvm.guest import GuestRun
+from tests.real_parts import verdict
 
 # One guest boot runs everything, in the first test's setup: minutes under emulation.
 pytestmark = [pytest.mark.lvm, pytest.mark.timeout(1800)]
@@ -25,23 +26,31 @@ pytestmark = [pytest.mark.lvm, pytest.mark.timeout(1800)]
 FILESYSTEMS = ["ext4", "xfs"]
 
 
-@pytest.fixture(scope="module")
-def guest() -> Iterator[GuestRun]:
+def boot(parts: str, budget_s: int) -> Iterator[GuestRun]:
+    """Body of the guest fixtures: one boot running ``parts``, its work dir removed after.
+
+    A missing part (qemu, kernel, lvm2) skips, or fails under CI (tests/real_parts.py).
+    """
     reason = guest_module.missing()
     if reason is not None:
-        pytest.skip(reason)
+        verdict(reason)
     work = Path(tempfile.mkdtemp(prefix="hotcopy-lvm-", dir="/var/tmp"))
     try:
         guest_module.prepare_work(work)
-        run = guest_module.run_guest(work, budget_s=1200)
+        run = guest_module.run_guest(work, budget_s=budget_s, parts=parts)
         keep = os.environ.get("HOTCOPY_LVM_KEEP")
         if keep:
             guest_module.keep_artifacts(run, Path(keep))
-        print(f"\nLVM guest: {run.seconds:.0f}s wall; scenario parts (s): "
+        print(f"\nLVM guest ({parts}): {run.seconds:.0f}s wall; scenario parts (s): "
               f"{run.results.get('seconds')}")
         yield run
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def guest() -> Iterator[GuestRun]:
+    yield from boot("all", 1200)
 
 
 def part(run: GuestRun, name: str) -> dict[str, Any]:
@@ -165,7 +174,10 @@ def test_clone_from_ext4_source_under_load(guest: GuestRun) -> None:
 
 
 def test_kill_mid_transfer_then_rollback_cleans_up(guest: GuestRun) -> None:
-    facts = part(guest, "clone_killed")
+    assert_killed_and_rolled_back(part(guest, "clone_killed"))
+
+
+def assert_killed_and_rolled_back(facts: dict[str, Any]) -> None:
     assert facts["clone"]["returncode"] == -9, facts["clone"]["stderr_tail"]
     left = facts["left_by_the_kill"]
     assert any(item.startswith("lv hcvg/hotcopy-") for item in left), left

@@ -92,6 +92,8 @@ def _commit(ctx: StepContext) -> dict[str, Any]:
     target = ctx.params["target"]
     keep = ctx.runtime.config.clone.keep_old_datadir
     ctx.tx.commit()
+    # Half-way: committed, the old datadir not yet removed (what `hotcopy cleanup` is for).
+    ctx.faults.progress("commit", 0.5)
     if not old or keep:
         return {"old_datadir_kept": bool(old),
                 "_detail": f"old datadir kept at {old}" if old else "no old datadir"}

@@ -8,6 +8,8 @@ suite, set ``HOTCOPY_FAULT`` to a comma-separated list of:
   pause-before:STEP pause-after:STEP   SIGSTOP this process there: act on the hosts at
                                        a known point, then ``kill -CONT PID`` continues
   kill-during:pull:FRACTION            SIGKILL once the transfer passed that fraction
+  kill-during:commit:0.5               SIGKILL after the commit point, before the old
+                                       datadir is removed (`hotcopy cleanup` removes it)
 
 Step names are those shown by ``hotcopy clone --dry-run`` and ``hotcopy show``.
 Like a real crash of the controller, a kill leaves the hosts as they were at that

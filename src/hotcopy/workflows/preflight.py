@@ -26,7 +26,7 @@ from hotcopy.transfer.base import STATIC_EXCLUDES, is_excluded, log_excludes
 from hotcopy.workflows import faults, preflight_layout, preflight_servers
 
 #: Steps that report progress, so a kill-during fault can fire inside them.
-PROGRESS_STEPS = ("pull", "backup_stream")
+PROGRESS_STEPS = ("pull", "backup_stream", "commit")
 
 log = logging.getLogger(__name__)
 
