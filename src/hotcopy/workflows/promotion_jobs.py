@@ -12,7 +12,8 @@ from types import ModuleType
 
 log = logging.getLogger(__name__)
 
-_MODULES = {"switchover": "hotcopy.workflows.switchover"}
+_MODULES = {"switchover": "hotcopy.workflows.switchover",
+            "failover": "hotcopy.workflows.failover"}
 
 
 def module_for(kind: str) -> ModuleType | None:
