@@ -563,3 +563,26 @@ def failover(config_path: str, candidate: str | None, dry_run: bool, yes: bool, 
         _finish_promotion(job_report(journal, outcome.job.id), outcome, as_json)
 
     _guard(run)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.argument("name")
+@JSON_OPTION
+def rejoin(config_path: str, name: str, as_json: bool) -> None:
+    """Make NAME (e.g. a master deposed by a failover) a replica of the master again.
+
+    \b
+    Demoted in place when it has no errant GTIDs; otherwise re-seeded by a clone from a
+    healthy replica (its data is replaced; the clone's own rules and rollback apply).
+    """
+    from hotcopy.workflows import rejoin as workflow
+    from hotcopy.workflows.report import job_report
+
+    def run() -> None:
+        config, journal = _open(config_path)
+        reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
+        outcome = workflow.start(Runtime(config), journal, name, reporter)
+        _finish_promotion(job_report(journal, outcome.job.id), outcome, as_json)
+
+    _guard(run)

@@ -4,7 +4,8 @@ A master that died may be restarted by its init system or a well-meaning colleag
 started writable, it would accept writes the new master never sees. Fencing is two
 layers: ``read_only=ON`` now (when it answers SQL), and a marked ``[mysqld]
 read_only = 1`` block appended to its defaults file (when its host is reachable), so a
-restart comes up read-only too. ``hotcopy rejoin`` removes the block.
+restart comes up read-only too. ``hotcopy rejoin`` keeps the block: a replica should
+come up read-only as well; whoever promotes the server by hand removes it.
 """
 
 from __future__ import annotations
@@ -30,15 +31,6 @@ def fenced(text: str) -> str:
     return text if is_fenced(text) else text.rstrip("\n") + "\n" + BLOCK
 
 
-def unfenced(text: str) -> str:
-    """The defaults file without the fence block; everything else byte for byte."""
-    if not is_fenced(text):
-        return text
-    head, _, rest = text.partition("\n" + BEGIN)
-    _, _, tail = rest.partition(END + "\n")
-    return head + ("\n" if head and not head.endswith("\n") else "") + tail
-
-
 def fence_config(executor: Executor, defaults_file: str) -> bool:
     """Append the block; False when the file cannot be read or written (host down)."""
     try:
@@ -49,9 +41,3 @@ def fence_config(executor: Executor, defaults_file: str) -> bool:
         log.warning("cannot fence %s on %s: %s", defaults_file, executor.name, exc)
         return False
     return True
-
-
-def unfence_config(executor: Executor, defaults_file: str) -> None:
-    text = executor.read_file(defaults_file).decode()
-    if is_fenced(text):
-        executor.write_file(defaults_file, unfenced(text).encode(), mode=0o644)

@@ -76,3 +76,11 @@ def undo_replicate_from(runtime: Runtime, params: Mapping[str, Any]) -> None:
 @undo_action("mysql.read_only", describe="set read_only={value} on {server}")
 def undo_read_only(runtime: Runtime, params: Mapping[str, Any]) -> None:
     runtime.server(params["server"]).execute(sql.set_read_only(bool(params["value"])))
+
+
+@undo_action("mysql.forget_replication",
+             describe="stop replication on {server} and forget its master (RESET SLAVE ALL)")
+def undo_forget_replication(runtime: Runtime, params: Mapping[str, Any]) -> None:
+    server = runtime.server(params["server"])
+    server.execute(server.flavor.stop_replica())
+    server.execute(server.flavor.reset_replica_all())

@@ -13,7 +13,8 @@ from types import ModuleType
 log = logging.getLogger(__name__)
 
 _MODULES = {"switchover": "hotcopy.workflows.switchover",
-            "failover": "hotcopy.workflows.failover"}
+            "failover": "hotcopy.workflows.failover",
+            "rejoin": "hotcopy.workflows.rejoin"}
 
 
 def module_for(kind: str) -> ModuleType | None:
