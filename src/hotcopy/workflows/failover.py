@@ -86,9 +86,17 @@ def _detect(ctx: StepContext) -> dict[str, Any]:
 
 
 def _stop_io_threads(ctx: StepContext) -> dict[str, Any]:
+    """Nothing new may arrive while positions are compared; the undo restores each thread
+    as it was (the SQL thread too: the next step starts a stopped one)."""
     for name in ctx.state["replicas"]:
-        ctx.push("mysql.start_replica", {"server": name})
-        ctx.runtime.server(name).execute(sql.stop_io_thread())
+        server = ctx.runtime.server(name)
+        status = replication.single_channel(server)
+        if status is None:
+            continue
+        ctx.push("mysql.replication_threads", {
+            "server": name, "io": status.io_running in ("Yes", "Connecting"),
+            "sql": status.sql_running == "Yes"})
+        server.execute(sql.stop_io_thread())
     return {"_detail": ", ".join(ctx.state["replicas"])}
 
 
