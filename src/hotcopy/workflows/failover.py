@@ -137,10 +137,11 @@ def choose(views: dict[str, topology.ServerView], wanted: str | None) -> tuple[s
     lacks: dict[str, str] = {}
     for name, view in views.items():
         history = gtid.History.parse(view.gtid_binlog_state, view.gtid_slave_pos)
-        missing = sorted({g for other, o in views.items() if other != name
-                          for g in gtid.errant(o.gtids(), history)})
+        missing = [g for other, o in views.items() if other != name
+                   for g in gtid.errant(o.gtids(), history)]
         if missing:
-            lacks[name] = gtid.describe(missing)
+            # The last one per (domain, server_id) names them all under strict mode.
+            lacks[name] = gtid.describe(gtid.History.parse(gtid.describe(missing)).gtids())
     good = [n for n in views if n not in lacks]
     if wanted is not None:
         return (wanted if wanted in good else None), lacks
@@ -157,7 +158,7 @@ def _choose(ctx: StepContext) -> dict[str, Any]:
     if chosen is None:
         named = "; ".join(f"{n} lacks {m}" for n, m in lacks.items())
         if wanted is not None and wanted in lacks and len(lacks) < len(views):
-            raise RefusedError(f"--to {wanted} is behind: {named}",
+            raise RefusedError(f"--to {wanted} is behind: it lacks {lacks[wanted]}",
                                hint="leave out --to to promote the most advanced replica")
         if not ctx.params.get("force"):
             raise RefusedError(f"the replicas are incomparable, each has GTIDs another lacks: "
