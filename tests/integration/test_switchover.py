@@ -10,7 +10,6 @@ an errant GTID cannot be taken back.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,6 +200,34 @@ def test_fault_at_each_boundary_before_the_point_of_no_return_rolls_back(
     rt.close()
 
 
+def test_open_write_transaction_blocks_until_killed_with_the_flag(shard: SandboxInfo,
+                                                                  work: Path) -> None:
+    rt = runtime(shard)
+    master = _view(shard).master
+    assert master is not None
+    candidate = next(n for n in shard.servers if n != master)
+    config = _config(shard, work, "drain.toml", {})
+    config.write_text(config.read_text() + "\n[promotion]\ndrain_timeout_s = 1\n")
+    app = connect(rt.address(master), str(work / "app.cnf"))
+    try:
+        app.execute("START TRANSACTION")
+        app.execute("INSERT INTO app.acked (n, endpoint, note) VALUES (-1, 'open', 'open')")
+        held = hotcopy("switchover", "--config", str(config), "--to", candidate, "--yes")
+        assert held.returncode == 1, held.stderr
+        assert f"write transactions still open on {master}" in held.stderr
+        assert f"#{app.thread_id} app@" in held.stderr and "--kill-writers" in held.stderr
+        _assert_master(shard, master)
+        killed = hotcopy("switchover", "--config", str(config), "--to", candidate, "--yes",
+                         "--kill-writers")
+        assert killed.returncode == 0, killed.stderr
+        assert f"killing session #{app.thread_id}" in killed.stderr
+    finally:
+        app.close()
+    _assert_master(shard, candidate)
+    assert -1 not in _acked_on(rt, candidate)  # the killed transaction was rolled back
+    rt.close()
+
+
 def test_errant_transaction_is_refused_by_name_and_shown(shard: SandboxInfo) -> None:
     rt = runtime(shard)
     master = _view(shard).master
@@ -224,4 +251,3 @@ def test_errant_transaction_is_refused_by_name_and_shown(shard: SandboxInfo) -> 
     assert all(s["errant"] == [] for n, s in servers.items() if n != errant_on)
     assert _view(shard).master == master
     rt.close()
-    assert os.environ.get("HOTCOPY_FAULT") is None
