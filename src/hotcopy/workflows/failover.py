@@ -46,6 +46,9 @@ def _dead_master(runtime: Runtime, view: topology.ShardView) -> tuple[str | None
     if len(masters) != 1:
         return None, ["the replicas do not agree on their master: " + ", ".join(
             f"{s.name} -> {s.replicates_from}" for s in replicas)]
+    multi = [s.name for s in replicas if s.channels > 1]
+    if multi:
+        return None, [f"multi-source replicas are not failed over: {', '.join(multi)}"]
     master = str(masters.pop())
     if master not in runtime.config.servers:
         return None, [f"the replicas' master {master} is not a server of the config"]

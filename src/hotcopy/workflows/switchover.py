@@ -51,6 +51,9 @@ def _server_problems(server: topology.ServerView, master: str) -> list[str]:
     problems = []
     if server.flavor != "mariadb":
         problems.append(f"{server.name} runs {server.flavor}: only MariaDB GTIDs are supported")
+    if server.channels > 1:
+        problems.append(f"{server.name} has {server.channels} replication channels: "
+                        "multi-source replicas are not switched over")
     if server.name != master:
         if server.replicates_from != master:
             problems.append(f"{server.name} replicates from "
