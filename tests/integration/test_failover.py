@@ -131,6 +131,19 @@ def test_failover_after_sigkill_under_load_promotes_the_most_advanced(
         assert kept.servers["replica3"].sql_running == "No"
         assert kept.servers["replica2"].sql_running == "No"
 
+        failing = work / "failing.toml"
+        failing.write_text(shard.config_path.read_text()
+                           + '\n[hooks]\npre_failover = ["sh", "-c", "exit 9"]\n')
+        aborted = hotcopy("failover", "--config", str(failing), "--yes")
+        assert aborted.returncode == 2, aborted.stderr
+        assert "hook pre_failover failed: exit status 9" in aborted.stderr
+        assert _last_job(shard)[1:] == ("failover", "rolled-back")
+        kept = _view(shard)
+        assert kept.master is None and not kept.servers["master"].reachable
+        assert all(kept.servers[n].channels == 1 for n in ("replica1", "replica2", "replica3"))
+        assert kept.servers["replica3"].io_running == "No"
+        assert kept.servers["replica1"].io_running == "Connecting"
+
         proc = hotcopy("failover", "--config", str(config), "--yes", "--json")
         assert proc.returncode == 0, proc.stderr
         assert writer.wait_for_acks(100), "the writer did not resume on the new master"

@@ -247,7 +247,7 @@ def start(runtime: Runtime, journal: Journal, candidate: str, reporter: Reporter
     runtime.config.server(candidate)
     Faults.from_environment()  # a bad HOTCOPY_FAULT is refused before any job exists
     job = journal.create_job("switchover", {
-        "kind": "switchover", "to": candidate, "target": candidate, "source": "master",
+        "kind": "switchover", "to": candidate, "target": candidate, "source": "(current master)",
         "kill_writers": kill_writers, "steps": [s.name for s in STEPS],
         "config": runtime.config.source_path})
     return common.execute(common.context(runtime, journal, job.id, reporter), STEPS)
