@@ -19,7 +19,7 @@ from hotcopy import config as config_module
 from hotcopy.errors import ExitCode, HotcopyError, RefusedError
 from hotcopy.progress import ConsoleReporter, NullReporter, Reporter, human_bytes
 from hotcopy.runtime import Runtime
-from hotcopy.saga import SqliteJournal
+from hotcopy.saga import Journal, SqliteJournal
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +435,7 @@ def topology(config_path: str, as_json: bool) -> None:
     _guard(run)
 
 
-def _workflow_for(journal: SqliteJournal, job_id: str, default: Any) -> Any:
+def _workflow_for(journal: Journal, job_id: str, default: Any) -> Any:
     """The workflow module that runs a job of this kind (clone unless it is a promotion)."""
     from hotcopy.workflows import promotion_jobs
 
