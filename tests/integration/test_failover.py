@@ -131,6 +131,15 @@ def test_failover_after_sigkill_under_load_promotes_the_most_advanced(
         assert kept.servers["replica3"].sql_running == "No"
         assert kept.servers["replica2"].sql_running == "No"
 
+        killed = hotcopy("failover", "--config", str(config), "--yes",
+                         env={"HOTCOPY_FAULT": "kill-before:choose"})
+        assert killed.returncode == -9, killed.stderr
+        job_id, _, state = _last_job(shard)
+        assert state == "running"
+        assert _view(shard).servers["replica1"].io_running == "No"  # stopped by the job
+        rolled = hotcopy("rollback", "--config", str(config), job_id)
+        assert rolled.returncode == 0, rolled.stderr
+
         failing = work / "failing.toml"
         failing.write_text(shard.config_path.read_text()
                            + '\n[hooks]\npre_failover = ["sh", "-c", "exit 9"]\n')

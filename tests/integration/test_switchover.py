@@ -200,6 +200,30 @@ def test_fault_at_each_boundary_before_the_point_of_no_return_rolls_back(
     rt.close()
 
 
+def test_failure_after_the_point_of_no_return_is_finished_by_resume(shard: SandboxInfo) -> None:
+    master = _view(shard).master
+    assert master is not None
+    candidate = next(n for n in shard.servers if n != master)
+    config = str(shard.config_path)
+    proc = hotcopy("switchover", "--config", config, "--to", candidate, "--yes",
+                   env={"HOTCOPY_FAULT": "fail-after:promote"})
+    assert proc.returncode == 3, proc.stderr
+    assert f"past the point of no return: {candidate} is the writable master" in proc.stderr
+    assert "repoint_replicas, demote_old_master, post_hook, verify" in proc.stderr
+    job = _last_job(shard)
+    assert job["state"] == "running" and job["undo"] and all(
+        e.state.value == "removed" for e in job["undo"])  # type: ignore[attr-defined]
+    view = _view(shard)
+    assert view.master == candidate and not view.servers[candidate].read_only
+    assert view.servers[master].read_only  # the old master never became writable again
+    refused = hotcopy("rollback", "--config", config, str(job["id"]))
+    assert refused.returncode == 2 and "passed its point of no return" in refused.stderr
+    resumed = hotcopy("resume", "--config", config, str(job["id"]))
+    assert resumed.returncode == 0, resumed.stderr
+    assert _last_job(shard)["state"] == "committed"
+    _assert_master(shard, candidate)
+
+
 def test_open_write_transaction_blocks_until_killed_with_the_flag(shard: SandboxInfo,
                                                                   work: Path) -> None:
     rt = runtime(shard)

@@ -88,3 +88,9 @@ def test_choose_promotes_a_replica_at_the_highest_position(seqs: list[int]) -> N
     assert chosen is not None
     top = gtid.Position.parse(views[chosen].gtid_slave_pos)
     assert all(top.covers(gtid.Position.parse(v.gtid_slave_pos)) for v in views.values())
+
+
+def test_half_switched_over_the_writable_head_is_the_master() -> None:
+    servers = {"old": _view("old", read_only=True), "new": _view("new", read_only=False),
+               "r1": _view("r1", channel_of="old"), "r2": _view("r2", channel_of="old")}
+    assert find_master(servers) == "new"
