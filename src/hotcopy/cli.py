@@ -585,7 +585,7 @@ def switchover(config_path: str, candidate: str, dry_run: bool, yes: bool, kill_
         reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
         outcome = workflow.start(Runtime(config), journal, candidate, reporter,
                                  kill_writers=kill_writers)
-        _finish(job_report(journal, outcome.job.id), outcome.exit_code, outcome.error, as_json)
+        _finish_promotion(job_report(journal, outcome.job.id), outcome, as_json)
 
     _guard(run)
 
@@ -604,6 +604,90 @@ def _render_promotion_plan(view: dict[str, Any], problems: list[str], steps: lis
         err_console.print(f"[red]refused[/]: {escape(problem)}")
     if not problems:
         err_console.print("[green]preflight: no problems found[/]")
+
+
+def _finish_promotion(report: dict[str, Any], outcome: Any, as_json: bool) -> None:
+    """Like _finish, but past the point of no return the way on is resume, not rollback."""
+    from hotcopy.workflows.promotion_steps import Attention
+
+    if not isinstance(outcome.error, Attention):
+        _finish(report, outcome.exit_code, outcome.error, as_json)
+    if as_json:
+        click.echo(json.dumps({**report, "exit_code": int(outcome.exit_code)}, indent=2,
+                              default=str))
+    else:
+        _render_report(report)
+    err_console.print(f"[bold red]{report['job']}: {escape(outcome.error.message)}[/]")
+    err_console.print(f"[yellow]hint: {escape(outcome.error.hint or '')}[/]")
+    sys.exit(int(outcome.exit_code))
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--to", "candidate", default=None,
+              help="Replica to promote; refused if it lacks GTIDs another replica has.")
+@click.option("--dry-run", is_flag=True, help="Run the detection only; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True,
+              help="Promote even when the replicas are incomparable (GTIDs are lost).")
+@JSON_OPTION
+def failover(config_path: str, candidate: str | None, dry_run: bool, yes: bool, force: bool,
+             as_json: bool) -> None:
+    """The master is dead: promote the most advanced replica, repoint the others, fence
+    the old master.
+
+    \b
+    Refused (exit 2) unless the master is unreachable over SQL, its mysqld is not
+    running on its host, and every replica's IO thread fails to reach it.
+    """
+    from hotcopy.workflows import failover as workflow
+    from hotcopy.workflows.report import job_report
+
+    def run() -> None:
+        config, journal = _open(config_path, writes=not dry_run)
+        if dry_run or not yes:
+            runtime = Runtime(config)
+            try:
+                view, problems = workflow.check(runtime)
+            finally:
+                runtime.close()
+            _render_promotion_plan(view.as_dict(), problems, workflow.STEPS, as_json)
+            if problems:
+                sys.exit(int(ExitCode.REFUSED))
+            if dry_run:
+                return
+            if not sys.stdin.isatty():
+                _fail(RefusedError("refusing to start without confirmation: add --yes"))
+            if not click.confirm("Fail the master over?", err=True):
+                sys.exit(int(ExitCode.REFUSED))
+        reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
+        outcome = workflow.start(Runtime(config), journal, reporter, to=candidate, force=force)
+        _finish_promotion(job_report(journal, outcome.job.id), outcome, as_json)
+
+    _guard(run)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.argument("name")
+@JSON_OPTION
+def rejoin(config_path: str, name: str, as_json: bool) -> None:
+    """Make NAME (e.g. a master deposed by a failover) a replica of the master again.
+
+    \b
+    Demoted in place when it has no errant GTIDs; otherwise re-seeded by a clone from a
+    healthy replica (its data is replaced; the clone's own rules and rollback apply).
+    """
+    from hotcopy.workflows import rejoin as workflow
+    from hotcopy.workflows.report import job_report
+
+    def run() -> None:
+        config, journal = _open(config_path, writes=True)
+        reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
+        outcome = workflow.start(Runtime(config), journal, name, reporter)
+        _finish_promotion(job_report(journal, outcome.job.id), outcome, as_json)
+
+    _guard(run)
 
 
 # -- hotcopy agent ---------------------------------------------------------------------

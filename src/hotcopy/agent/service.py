@@ -28,7 +28,7 @@ def open_store(config: Config) -> AgentStore:
 
 
 def run(config: Config, *, observe_only: bool, metrics_port: int | None) -> None:
-    journal = open_journal(config)
+    journal = open_journal(config, writes=True)  # its workers start jobs in the same file
     store = open_store(config)
     metrics = AgentMetrics(config.shard.name)
     port = config.agent.metrics_port if metrics_port is None else metrics_port

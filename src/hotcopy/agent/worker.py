@@ -29,7 +29,7 @@ def _child(config_path: str, action: str, source: str | None, target: str | None
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's stop handler is not ours
     config = config_module.load(config_path)
-    journal = open_journal(config)
+    journal = open_journal(config, writes=True)
     runtime = Runtime(config)
     reporter = NullReporter()
     if action == "reseed":

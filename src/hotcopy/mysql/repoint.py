@@ -76,3 +76,32 @@ def undo_replicate_from(runtime: Runtime, params: Mapping[str, Any]) -> None:
 @undo_action("mysql.read_only", describe="set read_only={value} on {server}")
 def undo_read_only(runtime: Runtime, params: Mapping[str, Any]) -> None:
     runtime.server(params["server"]).execute(sql.set_read_only(bool(params["value"])))
+
+
+@undo_action("mysql.forget_replication",
+             describe="stop replication on {server} and forget its master (RESET SLAVE ALL)")
+def undo_forget_replication(runtime: Runtime, params: Mapping[str, Any]) -> None:
+    server = runtime.server(params["server"])
+    server.execute(server.flavor.stop_replica())
+    server.execute(server.flavor.reset_replica_all())
+
+
+@undo_action("mysql.replication_threads",
+             describe="put the replication threads of {server} back as they were "
+                      "(IO running: {io}, SQL running: {sql})")
+def undo_replication_threads(runtime: Runtime, params: Mapping[str, Any]) -> None:
+    """Start or stop each thread to match what it was: a thread an operator had stopped
+    stays stopped, one that ran runs again."""
+    server = runtime.server(params["server"])
+    status = replication.single_channel(server)
+    if status is None:
+        return
+    if params["sql"] and status.sql_running != "Yes":
+        server.execute(server.flavor.start_sql_thread())
+    elif not params["sql"] and status.sql_running == "Yes":
+        server.execute(server.flavor.stop_sql_thread())
+    io_on = status.io_running in ("Yes", "Connecting")
+    if params["io"] and not io_on:
+        server.execute(sql.start_io_thread())
+    elif not params["io"] and io_on:
+        server.execute(sql.stop_io_thread())

@@ -142,6 +142,7 @@ class SqliteJournal:
         self._lock = threading.RLock()
         self._owned: dict[str, Ownership] = {}
         in_memory = not create and not self.path.exists()
+        self._in_memory = in_memory
         try:
             if not in_memory:
                 _prepare_path(self.path)
@@ -245,6 +246,11 @@ class SqliteJournal:
     def create_job(
         self, kind: str, params: Mapping[str, Any], job_id: str | None = None
     ) -> Job:
+        if self._in_memory:
+            # Opened read-only on a missing file: a job here would vanish with the process.
+            raise RefusedError(f"the journal {self.path} does not exist and was opened "
+                               "read-only; nothing was changed",
+                               hint="a command that starts jobs creates it")
         params_json = dump_json(params)
         for _ in range(20):
             now = time.time()

@@ -12,7 +12,9 @@ from types import ModuleType
 
 log = logging.getLogger(__name__)
 
-_MODULES = {"switchover": "hotcopy.workflows.switchover"}
+_MODULES = {"switchover": "hotcopy.workflows.switchover",
+            "failover": "hotcopy.workflows.failover",
+            "rejoin": "hotcopy.workflows.rejoin"}
 
 
 def module_for(kind: str) -> ModuleType | None:

@@ -151,7 +151,12 @@ def execute(ctx: StepContext, steps: list[Step], *, resume: bool = False) -> clo
         log.debug("%s %s failed", ctx.params.get("kind"), job_id, exc_info=True)
         if passed_point_of_no_return(journal, job_id):
             return _attention(ctx, error)
-        return clone._roll_back_after(ctx, error)
+        outcome = clone._roll_back_after(ctx, error)
+        if isinstance(error, RefusedError) and outcome.exit_code is ExitCode.FAILED_ROLLED_BACK:
+            # A refusal after a reversible pause (IO threads stopped to compare positions)
+            # left nothing changed once rolled back: still "refused".
+            return clone.Outcome(outcome.job, ExitCode.REFUSED, error, outcome.rollback)
+        return outcome
     finally:
         ctx.runtime.close()
     return clone.Outcome(journal.get_job(job_id), ExitCode.OK)

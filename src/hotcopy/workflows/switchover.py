@@ -51,6 +51,9 @@ def _server_problems(server: topology.ServerView, master: str) -> list[str]:
     problems = []
     if server.flavor != "mariadb":
         problems.append(f"{server.name} runs {server.flavor}: only MariaDB GTIDs are supported")
+    if server.channels > 1:
+        problems.append(f"{server.name} has {server.channels} replication channels: "
+                        "multi-source replicas are not switched over")
     if server.name != master:
         if server.replicates_from != master:
             problems.append(f"{server.name} replicates from "
@@ -244,7 +247,7 @@ def start(runtime: Runtime, journal: Journal, candidate: str, reporter: Reporter
     runtime.config.server(candidate)
     Faults.from_environment()  # a bad HOTCOPY_FAULT is refused before any job exists
     job = journal.create_job("switchover", {
-        "kind": "switchover", "to": candidate, "target": candidate, "source": "master",
+        "kind": "switchover", "to": candidate, "target": candidate, "source": "(current master)",
         "kill_writers": kill_writers, "steps": [s.name for s in STEPS],
         "config": runtime.config.source_path})
     return common.execute(common.context(runtime, journal, job.id, reporter), STEPS)

@@ -144,12 +144,12 @@ def _crash_safety(runtime: Runtime, view: ServerView) -> None:
 
 
 def find_master(servers: dict[str, ServerView]) -> str | None:
-    """The server without a channel that most others replicate from; ties go to the
-    writable one (a fenced old master has no channel either, but is read-only)."""
+    """A server without a channel: the writable one first (a fenced or half-demoted old
+    master has no channel either, but is read-only), then the one most others follow."""
     heads = [s for s in servers.values() if s.reachable and s.channels == 0]
     followers = {s.name: sum(1 for r in servers.values() if r.replicates_from == s.name)
                  for s in heads}
-    ranked = sorted(heads, key=lambda s: (followers[s.name], not s.read_only), reverse=True)
+    ranked = sorted(heads, key=lambda s: (not s.read_only, followers[s.name]), reverse=True)
     if ranked and (followers[ranked[0].name] or len(ranked) == 1 or not ranked[0].read_only):
         return ranked[0].name
     return None
@@ -175,6 +175,14 @@ def read_shard(runtime: Runtime, *, crash_safety: bool = True) -> ShardView:
             if server.reachable:
                 _crash_safety(runtime, server)
     view = ShardView(servers, find_master(servers))
+    if view.master is not None:
+        # Under load the master moves on while the replicas are read: its history is read
+        # last, so everything a replica got from it is in what it is judged against.
+        again = read_server(runtime, view.master)
+        if again.reachable:
+            again.crash_safe = servers[view.master].crash_safe
+            again.crash_safety_problems = servers[view.master].crash_safety_problems
+            servers[view.master] = again
     if view.master is None:
         view.problems.append("no master found: no reachable server without replication "
                              "that the others replicate from")

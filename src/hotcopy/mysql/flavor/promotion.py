@@ -97,3 +97,7 @@ def set_slave_pos(gtid: str) -> Statement:
 
 def stop_io_thread() -> Statement:
     return ("STOP SLAVE IO_THREAD", ())
+
+
+def start_io_thread() -> Statement:
+    return ("START SLAVE IO_THREAD", ())
