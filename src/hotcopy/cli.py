@@ -115,7 +115,14 @@ def cli(verbose: int) -> None:
                 3 rollback incomplete (a human must look: see `hotcopy show JOB`).
 
     \b
-    Try it:  hotcopy demo         (a local sandbox shard, a clone under load)
+    Example:
+      hotcopy demo                                   (a local sandbox shard, a clone under load)
+      hotcopy check --config shard1.toml             (is this shard ready?)
+      hotcopy clone --config shard1.toml --source db2 --target db3 --dry-run
+
+    \b
+    Shell completion (bash; zsh and fish alike with zsh_source / fish_source):
+      eval "$(_HOTCOPY_COMPLETE=bash_source hotcopy)"
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     handler = _ConsoleLogHandler()
@@ -182,7 +189,12 @@ def clone(config_path: str, source: str, target: str, dry_run: bool, yes: bool,
 @PROGRESS_OPTION
 @JSON_OPTION
 def resume(config_path: str, job_id: str, progress_interval: float, as_json: bool) -> None:
-    """Continue JOB from where its controller stopped (e.g. after a crash)."""
+    """Continue JOB from where its controller stopped (e.g. after a crash).
+
+    \b
+    Example:
+      hotcopy resume --config shard1.toml 20261201-102733-1602
+    """
     from hotcopy.workflows import clone as workflow
     from hotcopy.workflows.report import job_report
 
@@ -200,7 +212,12 @@ def resume(config_path: str, job_id: str, progress_interval: float, as_json: boo
 @click.argument("job_id", metavar="JOB")
 @JSON_OPTION
 def rollback(config_path: str, job_id: str, as_json: bool) -> None:
-    """Undo everything JOB changed that is still outstanding, on every host."""
+    """Undo everything JOB changed that is still outstanding, on every host.
+
+    \b
+    Example:
+      hotcopy rollback --config shard1.toml 20261201-102733-1602
+    """
     from hotcopy.workflows import clone as workflow
     from hotcopy.workflows.report import job_report
 
@@ -218,7 +235,13 @@ def rollback(config_path: str, job_id: str, as_json: bool) -> None:
 @click.option("--limit", default=20, show_default=True, help="How many recent jobs.")
 @JSON_OPTION
 def jobs(config_path: str, limit: int, as_json: bool) -> None:
-    """List recent jobs, newest first."""
+    """List recent jobs, newest first.
+
+    \b
+    Example:
+      hotcopy jobs --config shard1.toml --limit 5
+      hotcopy jobs --config shard1.toml --json | jq '.[] | select(.state != "committed")'
+    """
     from hotcopy.workflows.report import display_state, job_error
 
     def run() -> None:
@@ -246,7 +269,15 @@ def jobs(config_path: str, limit: int, as_json: bool) -> None:
 @click.argument("job_id", metavar="JOB")
 @JSON_OPTION
 def show(config_path: str, job_id: str, as_json: bool) -> None:
-    """Show JOB: its steps with timings, source impact, coordinates, outstanding undo."""
+    """Show JOB: its steps with timings, source impact, coordinates, outstanding undo.
+
+    Of a running job: the step under way and how much of the copy is done.
+
+    \b
+    Example:
+      hotcopy show --config shard1.toml 20261201-102733-1602
+      hotcopy show --config shard1.toml 20261201-102733-1602 --json | jq .source_lock_ms
+    """
     from hotcopy.workflows.report import job_report
 
     def run() -> None:
@@ -300,7 +331,12 @@ def audit(config_path: str, names: tuple[str, ...], fix: bool, as_json: bool) ->
 
 @cli.group()
 def sandbox() -> None:
-    """A real local shard (MariaDB master + 2 replicas on btrfs) for trying hotcopy."""
+    """A real local shard (MariaDB master + 2 replicas on btrfs) for trying hotcopy.
+
+    \b
+    Example:
+      hotcopy sandbox up --dir /var/tmp/shard && hotcopy sandbox status --dir /var/tmp/shard
+    """
 
 
 @sandbox.command("up")
@@ -315,7 +351,13 @@ def sandbox() -> None:
               help="'local': every server on loopback here; 'netns': every server a host "
                    "of its own (network namespace, 198.18.x address, sshd), reached over ssh.")
 def sandbox_up(directory: str, replicas: int, filesystem: str, topology: str) -> None:
-    """Create and start the shard in DIR; writes DIR/hotcopy.toml."""
+    """Create and start the shard in DIR; writes DIR/hotcopy.toml.
+
+    \b
+    Example:
+      hotcopy sandbox up --dir /var/tmp/shard --replicas 3
+      hotcopy sandbox up --dir /var/tmp/hosts --topology netns
+    """
     from hotcopy import sandbox as sb
 
     def run() -> None:
@@ -331,7 +373,12 @@ def sandbox_up(directory: str, replicas: int, filesystem: str, topology: str) ->
 @sandbox.command("down")
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
 def sandbox_down(directory: str) -> None:
-    """Stop the shard in DIR and remove its mounts, loop devices and files."""
+    """Stop the shard in DIR and remove its mounts, loop devices and files.
+
+    \b
+    Example:
+      hotcopy sandbox down --dir /var/tmp/shard
+    """
     from hotcopy import sandbox as sb
 
     _guard(lambda: sb.down(Path(directory)))
@@ -341,7 +388,12 @@ def sandbox_down(directory: str) -> None:
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
 @JSON_OPTION
 def sandbox_status(directory: str, as_json: bool) -> None:
-    """Show the servers of the shard in DIR and their replication."""
+    """Show the servers of the shard in DIR and their replication.
+
+    \b
+    Example:
+      hotcopy sandbox status --dir /var/tmp/shard --json
+    """
     from hotcopy import sandbox as sb
 
     def run() -> None:
@@ -364,7 +416,12 @@ def sandbox_status(directory: str, as_json: bool) -> None:
 @click.option("--keep/--no-keep", default=True, show_default=True,
               help="Leave the sandbox running afterwards, to explore it.")
 def demo(directory: str, keep: bool) -> None:
-    """Sandbox shard, write load, clone replica2 from replica1, and the proof."""
+    """Sandbox shard, write load, clone replica2 from replica1, and the proof.
+
+    \b
+    Example:
+      hotcopy demo --dir /var/tmp/hotcopy-demo --no-keep
+    """
     from hotcopy import demo as demo_module
 
     _guard(lambda: sys.exit(demo_module.run(Path(directory), keep=keep, console=err_console)))
