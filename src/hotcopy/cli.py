@@ -427,6 +427,53 @@ def demo(directory: str, keep: bool) -> None:
     _guard(lambda: sys.exit(demo_module.run(Path(directory), keep=keep, console=err_console)))
 
 
+@cli.command()
+@CONFIG_OPTION
+@JSON_OPTION
+def check(config_path: str, as_json: bool) -> None:
+    """Is this shard ready for a clone? Every server, as it is now; exit 2 on any problem.
+
+    \b
+    Per server: ssh login and host key, the tools the transfer method needs, the admin
+    account's privileges against the minimal set (with the GRANT that adds what is
+    missing), the snapshot backend of its datadir; then the replication account, the
+    transfer ports between the replicas (a listener of its own, a few seconds), and
+    whether the journal can be written.
+
+    \b
+    Example:
+      hotcopy check --config shard1.toml
+      hotcopy check --config shard1.toml --json | jq '.rows[] | select(.status != "ok")'
+    """
+    from hotcopy.workflows import check as workflow
+
+    def run() -> None:
+        config = config_module.load(config_path)
+        runtime = Runtime(config)
+        try:
+            report = workflow.run(runtime, config.journal_path())
+        finally:
+            runtime.close()
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        else:
+            table = Table("server", "check", "status", "detail")
+            colour = {"ok": "green", "problem": "bold red", "warning": "yellow"}
+            for row in report["rows"]:
+                table.add_row(row["server"], row["check"],
+                              f"[{colour[row['status']]}]{row['status']}[/]",
+                              escape(row["detail"]))
+            out_console.print(table)
+            for line in workflow.render(report):
+                out_console.print(f"[bold]fix:[/] {escape(line)}")
+            verdict = (f"[bold red]{report['problems']} problem(s)[/]" if report["problems"]
+                       else "[green]ready: no problems found[/]")
+            out_console.print(verdict)
+        sys.exit(report["exit_code"])
+
+    _guard(run)
+
+
 def _state(state: str) -> str:
     colour = {"committed": "green", "rolled-back": "yellow", "failed": "yellow",
               "rollback-incomplete": "bold red", "running": "cyan"}.get(state, "white")
