@@ -274,3 +274,31 @@ def test_a_committed_clone_reports_time_downtime_method_and_pauses(shard: Sandbo
                    "with rsyncd", "took"):
         assert needle in text, text
     assert not re.search(r"\d{4,}(\.\d)? ms", text), text  # 1.2 s, never 1234.5 ms
+
+
+def test_the_listener_uses_transfer_port_range(shard: SandboxInfo, tmp_path: Path) -> None:
+    """One port allowed: the rsync daemon of a real clone listens on exactly that one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free now; nothing else here binds ports by number
+    config = _config_with(shard, tmp_path, {}, append=f"\n[transfer]\nmethod = \"rsyncd\"\n"
+                                                      f"port_range = [{port}, {port}]\n")
+    proc = _clone(config, "--yes", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    serve = next(s for s in report["steps"] if s["name"] == "serve")
+    assert serve["detail"] == f"rsyncd on 127.0.0.1:{port}", serve
+
+
+def test_warnings_are_plain_lines_not_logging_records(shard: SandboxInfo, tmp_path: Path) -> None:
+    readable = tmp_path / "admin.cnf"
+    readable.write_text(shard.admin_option_file.read_text())
+    readable.chmod(0o644)
+    text = shard.config_path.read_text().replace(str(shard.admin_option_file), str(readable))
+    config = tmp_path / "hotcopy.toml"
+    config.write_text(text)
+    proc = hotcopy("jobs", "--config", str(config), env=WIDE)
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith(f"warning: mysql.option_file: {readable} holds a password"), first
+    assert "WARNING" not in proc.stderr and "hotcopy.config" not in proc.stderr
