@@ -18,7 +18,14 @@ from rich.table import Table
 
 from hotcopy import config as config_module
 from hotcopy.errors import ExitCode, HotcopyError, RefusedError
-from hotcopy.progress import ConsoleReporter, NullReporter, Reporter, human_bytes
+from hotcopy.progress import (
+    ConsoleReporter,
+    NullReporter,
+    PlainReporter,
+    Reporter,
+    human_bytes,
+    human_duration,
+)
 from hotcopy.runtime import Runtime
 from hotcopy.saga import Journal
 from hotcopy.saga.factory import open_journal
@@ -40,6 +47,39 @@ def _fail(error: HotcopyError) -> NoReturn:
     if error.hint:
         err_console.print(f"[dim]hint: {escape(error.hint)}[/]")
     sys.exit(int(error.exit_code))
+
+
+PROGRESS_OPTION = click.option(
+    "--progress-interval", "progress_interval", default=30.0, show_default=True,
+    type=click.FloatRange(min=0), metavar="SECONDS",
+    help="Without a terminal (cron, nohup, a log file): write a progress line of the copy "
+         "(bytes, %, rate, ETA) this often.")
+
+
+def _reporter(as_json: bool, interval_s: float = 30.0) -> Reporter:
+    """A live bar on a terminal, timestamped lines in a log, nothing under --json."""
+    if as_json:
+        return NullReporter()
+    if err_console.is_terminal:
+        return ConsoleReporter(err_console)
+    return PlainReporter(sys.stderr, interval_s)
+
+
+class _ConsoleLogHandler(logging.Handler):
+    """``warning: ...`` for people; the timestamped logger form only with -v/-vv."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = escape(record.getMessage())
+            if record.levelno >= logging.ERROR:
+                err_console.print(f"[bold red]error:[/] {message}")
+            elif record.levelno >= logging.WARNING:
+                err_console.print(f"[yellow]warning:[/] {message}")
+            else:
+                stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+                err_console.print(f"[dim]{stamp} {record.name}:[/] {message}")
+        except Exception:  # a log line must never take the command down
+            self.handleError(record)
 
 
 def _guard(fn: Callable[[], None]) -> None:
@@ -80,11 +120,18 @@ def cli(verbose: int) -> None:
                 3 rollback incomplete (a human must look: see `hotcopy show JOB`).
 
     \b
-    Try it:  hotcopy demo         (a local sandbox shard, a clone under load)
+    Example:
+      hotcopy demo                                   (a local sandbox shard, a clone under load)
+      hotcopy check --config shard1.toml             (is this shard ready?)
+      hotcopy clone --config shard1.toml --source db2 --target db3 --dry-run
+
+    \b
+    Shell completion (bash; zsh and fish alike with zsh_source / fish_source):
+      eval "$(_HOTCOPY_COMPLETE=bash_source hotcopy)"
     """
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    handler = _ConsoleLogHandler()
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 @cli.command()
@@ -101,9 +148,11 @@ def cli(verbose: int) -> None:
 @click.option("--create-journal", is_flag=True,
               help="Create the journal's directory if it does not exist (else refused: a "
                    "typo in [journal] path would split the job history).")
+@PROGRESS_OPTION
 @JSON_OPTION
 def clone(config_path: str, source: str, target: str, dry_run: bool, yes: bool,
-          transfer: str | None, create_journal: bool, as_json: bool) -> None:
+          transfer: str | None, create_journal: bool, progress_interval: float,
+          as_json: bool) -> None:
     """Re-seed TARGET with a snapshot of SOURCE, transactionally.
 
     \b
@@ -131,7 +180,7 @@ def clone(config_path: str, source: str, target: str, dry_run: bool, yes: bool,
                 _fail(RefusedError("refusing to start without confirmation: add --yes"))
             if not click.confirm(f"Re-seed {target} from {source}?", err=True):
                 sys.exit(int(ExitCode.REFUSED))
-        reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
+        reporter = _reporter(as_json, progress_interval)
         outcome = workflow.start(Runtime(config), journal, source, target, reporter,
                                  transfer=transfer)
         _finish(job_report(journal, outcome.job.id), outcome.exit_code, outcome.error, as_json)
@@ -142,15 +191,21 @@ def clone(config_path: str, source: str, target: str, dry_run: bool, yes: bool,
 @cli.command()
 @CONFIG_OPTION
 @click.argument("job_id", metavar="JOB")
+@PROGRESS_OPTION
 @JSON_OPTION
-def resume(config_path: str, job_id: str, as_json: bool) -> None:
-    """Continue JOB from where its controller stopped (e.g. after a crash)."""
+def resume(config_path: str, job_id: str, progress_interval: float, as_json: bool) -> None:
+    """Continue JOB from where its controller stopped (e.g. after a crash).
+
+    \b
+    Example:
+      hotcopy resume --config shard1.toml 20261201-102733-1602
+    """
     from hotcopy.workflows import clone as workflow
     from hotcopy.workflows.report import job_report
 
     def run() -> None:
         config, journal = _open(config_path)
-        reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
+        reporter = _reporter(as_json, progress_interval)
         outcome = _workflow_for(journal, job_id, workflow).resume(Runtime(config), journal,
                                                                   job_id, reporter)
         _finish(job_report(journal, job_id), outcome.exit_code, outcome.error, as_json)
@@ -163,13 +218,18 @@ def resume(config_path: str, job_id: str, as_json: bool) -> None:
 @click.argument("job_id", metavar="JOB")
 @JSON_OPTION
 def rollback(config_path: str, job_id: str, as_json: bool) -> None:
-    """Undo everything JOB changed that is still outstanding, on every host."""
+    """Undo everything JOB changed that is still outstanding, on every host.
+
+    \b
+    Example:
+      hotcopy rollback --config shard1.toml 20261201-102733-1602
+    """
     from hotcopy.workflows import clone as workflow
     from hotcopy.workflows.report import job_report
 
     def run() -> None:
         config, journal = _open(config_path)
-        reporter: Reporter = NullReporter() if as_json else ConsoleReporter(err_console)
+        reporter = _reporter(as_json)
         outcome = _workflow_for(journal, job_id, workflow).rollback(Runtime(config), journal,
                                                                     job_id, reporter)
         _finish(job_report(journal, job_id), outcome.exit_code, outcome.error, as_json)
@@ -182,23 +242,30 @@ def rollback(config_path: str, job_id: str, as_json: bool) -> None:
 @click.option("--limit", default=20, show_default=True, help="How many recent jobs.")
 @JSON_OPTION
 def jobs(config_path: str, limit: int, as_json: bool) -> None:
-    """List recent jobs, newest first."""
+    """List recent jobs, newest first.
+
+    \b
+    Example:
+      hotcopy jobs --config shard1.toml --limit 5
+      hotcopy jobs --config shard1.toml --json | jq '.[] | select(.state != "committed")'
+    """
+    from hotcopy.workflows.report import display_state, job_error
 
     def run() -> None:
         _, journal = _open(config_path)
         rows = journal.list_jobs(limit=limit)
         if as_json:
-            click.echo(json.dumps([{"job": j.id, "kind": j.kind, "state": j.state.value,
+            click.echo(json.dumps([{"job": j.id, "kind": j.kind, "state": display_state(j),
                                     "source": j.params.get("source"),
                                     "target": j.params.get("target"), "created": j.created,
-                                    "error": j.error} for j in rows], indent=2))
+                                    "error": job_error(j)} for j in rows], indent=2))
             return
         table = Table("job", "kind", "state", "source → target", "started", "error")
         for j in rows:
-            table.add_row(j.id, j.kind, _state(j.state.value),
+            table.add_row(j.id, j.kind, _state(display_state(j)),
                           f"{j.params.get('source')} → {j.params.get('target')}",
                           time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created)),
-                          (j.error or "")[:60])
+                          (job_error(j) or "")[:60])
         out_console.print(table)
 
     _guard(run)
@@ -209,7 +276,15 @@ def jobs(config_path: str, limit: int, as_json: bool) -> None:
 @click.argument("job_id", metavar="JOB")
 @JSON_OPTION
 def show(config_path: str, job_id: str, as_json: bool) -> None:
-    """Show JOB: its steps with timings, source impact, coordinates, outstanding undo."""
+    """Show JOB: its steps with timings, source impact, coordinates, outstanding undo.
+
+    Of a running job: the step under way and how much of the copy is done.
+
+    \b
+    Example:
+      hotcopy show --config shard1.toml 20261201-102733-1602
+      hotcopy show --config shard1.toml 20261201-102733-1602 --json | jq .source_lock_ms
+    """
     from hotcopy.workflows.report import job_report
 
     def run() -> None:
@@ -314,7 +389,12 @@ def audit(config_path: str, names: tuple[str, ...], fix: bool, dry_run: bool, ye
 
 @cli.group()
 def sandbox() -> None:
-    """A real local shard (MariaDB master + 2 replicas on btrfs) for trying hotcopy."""
+    """A real local shard (MariaDB master + 2 replicas on btrfs) for trying hotcopy.
+
+    \b
+    Example:
+      hotcopy sandbox up --dir /var/tmp/shard && hotcopy sandbox status --dir /var/tmp/shard
+    """
 
 
 @sandbox.command("up")
@@ -329,7 +409,13 @@ def sandbox() -> None:
               help="'local': every server on loopback here; 'netns': every server a host "
                    "of its own (network namespace, 198.18.x address, sshd), reached over ssh.")
 def sandbox_up(directory: str, replicas: int, filesystem: str, topology: str) -> None:
-    """Create and start the shard in DIR; writes DIR/hotcopy.toml."""
+    """Create and start the shard in DIR; writes DIR/hotcopy.toml.
+
+    \b
+    Example:
+      hotcopy sandbox up --dir /var/tmp/shard --replicas 3
+      hotcopy sandbox up --dir /var/tmp/hosts --topology netns
+    """
     from hotcopy import sandbox as sb
 
     def run() -> None:
@@ -345,7 +431,12 @@ def sandbox_up(directory: str, replicas: int, filesystem: str, topology: str) ->
 @sandbox.command("down")
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
 def sandbox_down(directory: str) -> None:
-    """Stop the shard in DIR and remove its mounts, loop devices and files."""
+    """Stop the shard in DIR and remove its mounts, loop devices and files.
+
+    \b
+    Example:
+      hotcopy sandbox down --dir /var/tmp/shard
+    """
     from hotcopy import sandbox as sb
 
     _guard(lambda: sb.down(Path(directory)))
@@ -355,7 +446,12 @@ def sandbox_down(directory: str) -> None:
 @click.option("--dir", "directory", required=True, type=click.Path(file_okay=False))
 @JSON_OPTION
 def sandbox_status(directory: str, as_json: bool) -> None:
-    """Show the servers of the shard in DIR and their replication."""
+    """Show the servers of the shard in DIR and their replication.
+
+    \b
+    Example:
+      hotcopy sandbox status --dir /var/tmp/shard --json
+    """
     from hotcopy import sandbox as sb
 
     def run() -> None:
@@ -378,10 +474,62 @@ def sandbox_status(directory: str, as_json: bool) -> None:
 @click.option("--keep/--no-keep", default=True, show_default=True,
               help="Leave the sandbox running afterwards, to explore it.")
 def demo(directory: str, keep: bool) -> None:
-    """Sandbox shard, write load, clone replica2 from replica1, and the proof."""
+    """Sandbox shard, write load, clone replica2 from replica1, and the proof.
+
+    \b
+    Example:
+      hotcopy demo --dir /var/tmp/hotcopy-demo --no-keep
+    """
     from hotcopy import demo as demo_module
 
     _guard(lambda: sys.exit(demo_module.run(Path(directory), keep=keep, console=err_console)))
+
+
+@cli.command()
+@CONFIG_OPTION
+@JSON_OPTION
+def check(config_path: str, as_json: bool) -> None:
+    """Is this shard ready for a clone? Every server, as it is now; exit 2 on any problem.
+
+    \b
+    Per server: ssh login and host key, the tools the transfer method needs, the admin
+    account's privileges against the minimal set (with the GRANT that adds what is
+    missing), the snapshot backend of its datadir; then the replication account, the
+    transfer ports between the replicas (a listener of its own, a few seconds), and
+    whether the journal can be written.
+
+    \b
+    Example:
+      hotcopy check --config shard1.toml
+      hotcopy check --config shard1.toml --json | jq '.rows[] | select(.status != "ok")'
+    """
+    from hotcopy.workflows import check as workflow
+
+    def run() -> None:
+        config = config_module.load(config_path)
+        runtime = Runtime(config)
+        try:
+            report = workflow.run(runtime, config.journal_path())
+        finally:
+            runtime.close()
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        else:
+            table = Table("server", "check", "status", "detail")
+            colour = {"ok": "green", "problem": "bold red", "warning": "yellow"}
+            for row in report["rows"]:
+                table.add_row(row["server"], row["check"],
+                              f"[{colour[row['status']]}]{row['status']}[/]",
+                              escape(row["detail"]))
+            out_console.print(table)
+            for line in workflow.render(report):
+                out_console.print(f"[bold]fix:[/] {escape(line)}")
+            verdict = (f"[bold red]{report['problems']} problem(s)[/]" if report["problems"]
+                       else "[green]ready: no problems found[/]")
+            out_console.print(verdict)
+        sys.exit(report["exit_code"])
+
+    _guard(run)
 
 
 def _state(state: str) -> str:
@@ -420,12 +568,26 @@ def _render_plan(plan: dict[str, Any], steps: list[Any], as_json: bool) -> None:
 def _render_report(report: dict[str, Any]) -> None:
     out_console.print(f"job [bold]{report['job']}[/] ({report['kind']} {report['source']} → "
                       f"{report['target']}): {_state(report['state'])}")
-    table = Table("step", "outcome", "ms", "detail")
+    table = Table("step", "outcome", "took", "detail")
     for step in report["steps"]:
-        table.add_row(step["name"], step["outcome"], str(step["ms"]),
-                      (step["error"] or step["detail"] or "")[:90])
+        took = "running" if step["ms"] is None else human_duration(step["ms"] / 1000)
+        table.add_row(step["name"], step["outcome"] or "", took,
+                      escape((step["error"] or step["detail"] or "")[:90]))
     out_console.print(table)
+    live = report.get("live")
+    if live:
+        done, expected = live.get("bytes_done"), live.get("bytes_expected")
+        copied = ""
+        if done is not None:
+            copied = f"; {human_bytes(done)}" + (
+                f" of {human_bytes(expected)} ({done / expected:.0%})" if expected else "")
+            copied += " copied, as of " + time.strftime(
+                "%H:%M:%S", time.localtime(live["progress_at"]))
+        out_console.print(f"running: step {live['step']} since "
+                          f"{time.strftime('%H:%M:%S', time.localtime(live['since']))}{copied}")
     _render_impact(report)
+    if report.get("error") and report["state"] != "committed":
+        out_console.print(f"[yellow]error:[/] {escape(str(report['error']))}")
     if report["outstanding_undo"]:
         out_console.print("[bold red]outstanding undo (run `hotcopy rollback "
                           f"{report['job']}`):[/]")
@@ -436,12 +598,21 @@ def _render_report(report: dict[str, Any]) -> None:
 
 def _render_impact(report: dict[str, Any]) -> None:
     def ms(value: Any) -> str:
-        return "n/a" if value is None else f"{value:.1f} ms"
+        return "n/a" if value is None else human_duration(float(value) / 1000)
 
+    def seconds(value: Any) -> str:
+        return "n/a" if value is None else human_duration(float(value))
+
+    out_console.print(f"total: {seconds(report.get('total_s'))}   target down: "
+                      f"{seconds(report.get('target_downtime_s'))} (mysqld stopped until "
+                      "caught up)")
     out_console.print(f"source write lock: {ms(report['source_lock_ms'])}   "
-                      f"source replication paused: {ms(report['source_replication_paused_ms'])}")
+                      f"source replication paused: {ms(report['source_replication_paused_ms'])}"
+                      f"   paused again for verify: {ms(report.get('verify_source_paused_ms'))}")
     if report["bytes_transferred"] is not None:
-        out_console.print(f"transferred: {human_bytes(report['bytes_transferred'])}")
+        method = report.get("transfer_method")
+        out_console.print(f"transferred: {human_bytes(report['bytes_transferred'])}"
+                          + (f" with {method}" if method else ""))
     coords = report.get("coordinates")
     if coords:
         out_console.print(f"position: {coords['gtid_variable']}={coords['gtid']} "

@@ -196,7 +196,7 @@ def test_refused_when_no_snapshot_and_no_backup_tool(plain: SandboxInfo) -> None
     assert "cannot be snapshotted" in message
     assert "mariadb-backup / mariabackup is not installed on replica1" in message
     assert "install mariadb-backup" in message
-    assert report["state"] == "failed"
+    assert report["state"] == "refused"  # as its exit code 2 said
     assert [s["name"] for s in report["steps"]] == ["preflight"]
     assert report["undo"] == []
     journal = SqliteJournal(rt.config.journal_path())

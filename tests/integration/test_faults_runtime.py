@@ -79,7 +79,7 @@ def test_second_clone_on_a_busy_source_or_target_is_refused(slow: tuple[Shard, P
             proc, second = clone_json(shard.info, source, target)
             assert proc.returncode == 2, proc.stderr[-2000:]
             assert f"job {run.job_id}" in proc.stderr and "still working on" in proc.stderr
-            assert second["state"] == "failed" and second["undo"] == []
+            assert second["state"] == "refused" and second["undo"] == []
         assert run.proc.poll() is None, "the refused clones must not disturb the running one"
         code, report, stderr = run.finish()
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -72,7 +73,7 @@ def _assert_source_untouched(info: SandboxInfo, new_jobs: list[dict[str, Any]]) 
     """The refused run got no further than its preflight: no step touched the source."""
     with SqliteJournal(config_module.load(info.config_path).journal_path()) as journal:
         for job in new_jobs:
-            assert job["state"] == "failed", job
+            assert job["state"] == "refused", job  # as its exit code 2 said
             assert [s.name for s in journal.steps(job["job"])] == ["preflight"], job
             assert journal.undo_entries(job["job"]) == []
     rt = runtime(info)
@@ -184,3 +185,120 @@ def test_read_only_commands_do_not_create_a_journal_file(shard: SandboxInfo,
     assert proc.returncode == 2 and "no job" in proc.stderr, proc.stderr
     assert _clone(config, "--dry-run").returncode == 0
     assert list(directory.iterdir()) == []
+
+
+# -- a running clone: plain progress lines, `show` of it live, SIGINT acknowledged ------
+
+
+def _read_until(proc: subprocess.Popen[str], needle: str, seen: list[str],
+                limit: int = 400) -> str:
+    """Lines of stderr up to the first that contains needle (bounded: EOF or limit)."""
+    assert proc.stderr is not None
+    for _ in range(limit):
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line and not re.match(r"\S+ \S+ step ", line):  # not a step's own line
+            return line
+    raise AssertionError(f"{needle!r} never came; stderr so far:\n{''.join(seen)}")
+
+
+def test_sigint_is_acknowledged_at_once_and_show_follows_the_copy(
+        shard: SandboxInfo, tmp_path: Path) -> None:
+    """Off a terminal: timestamped lines; SIGINT is answered before the step winds down."""
+    # 80 MB at 4 MB/s: the copy is still under way when the test looks at it.
+    config = _config_with(shard, tmp_path, {},
+                          append="\n[transfer]\nmethod = \"rsyncd\"\nbwlimit_kbps = 4000\n")
+    before = {j["job"] for j in _jobs(config)}
+    env = {k: v for k, v in os.environ.items() if k != "HOTCOPY_FAULT"}
+    proc = subprocess.Popen(
+        [*_hotcopy_argv(), "clone", "--config", str(config), "--source", "replica1",
+         "--target", "replica2", "--yes", "--progress-interval", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, **WIDE})
+    seen: list[str] = []
+    try:
+        first = _read_until(proc, "pull: ", seen)  # the first reading of the copy
+        assert " of " in first and "%" in first, first
+        job = next(j["job"] for j in _jobs(config) if j["job"] not in before)
+        live = json.loads(hotcopy("show", "--config", str(config), job, "--json").stdout)
+        assert live["state"] == "running", live
+        assert live["live"]["step"] == "pull" and live["live"]["bytes_done"] is not None, live
+        text = hotcopy("show", "--config", str(config), job, env=WIDE).stdout
+        assert "running: step pull since" in text and "copied" in text, text
+        proc.send_signal(2)
+        ack = _read_until(proc, "SIGINT received", seen)
+        assert "stopping the current step (pull) safely, then rolling back" in ack, ack
+        assert proc.stderr is not None
+        rest = proc.stderr.read()
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:  # the test failed: leave the shard as it was for the rest
+            proc.kill()
+            proc.wait(timeout=60)
+            for row in _jobs(config):
+                if row["job"] not in before:
+                    hotcopy("rollback", "--config", str(config), row["job"])
+    assert proc.returncode == 1, "".join(seen) + rest
+    # The acknowledgement came before the step reported its end and before any undo.
+    assert "step pull failed" in rest and "undone:" in rest, rest
+    assert not any("step pull failed" in line for line in seen)
+    row = next(j for j in _jobs(config) if j["job"] == job)
+    assert row["state"] == "rolled-back" and "interrupted by SIGINT" in (row["error"] or ""), row
+    assert leftovers(shard) == []
+
+
+def _hotcopy_argv() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "hotcopy"]
+
+
+def test_a_committed_clone_reports_time_downtime_method_and_pauses(shard: SandboxInfo) -> None:
+    proc = hotcopy("clone", "--config", str(shard.config_path), "--source", "replica1",
+                   "--target", "replica2", "--yes", "--progress-interval", "0", env=WIDE)
+    assert proc.returncode == 0, proc.stderr
+    progress = [line for line in proc.stderr.splitlines() if " pull: " in line]
+    assert progress and "(100%)" in progress[-1] and "MB/s" in progress[-1], proc.stderr
+    assert "MiB" not in proc.stderr + proc.stdout  # one unit: decimal MB everywhere
+    job = _jobs(shard.config_path)[0]["job"]
+    report = json.loads(hotcopy("show", "--config", str(shard.config_path), job,
+                                "--json").stdout)
+    assert report["transfer_method"] == "rsyncd"
+    assert report["verify_source_paused_ms"] is not None
+    assert 0 < report["target_downtime_s"] < report["total_s"], report
+    steps = {s["name"]: s for s in report["steps"]}
+    assert report["target_downtime_s"] >= (steps["start_target"]["ms"] or 0) / 1000
+    text = hotcopy("show", "--config", str(shard.config_path), job, env=WIDE).stdout
+    for needle in ("total: ", "target down: ", "paused again for verify: ",
+                   "with rsyncd", "took"):
+        assert needle in text, text
+    assert not re.search(r"\d{4,}(\.\d)? ms", text), text  # 1.2 s, never 1234.5 ms
+
+
+def test_the_listener_uses_transfer_port_range(shard: SandboxInfo, tmp_path: Path) -> None:
+    """One port allowed: the rsync daemon of a real clone listens on exactly that one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free now; nothing else here binds ports by number
+    config = _config_with(shard, tmp_path, {}, append=f"\n[transfer]\nmethod = \"rsyncd\"\n"
+                                                      f"port_range = [{port}, {port}]\n")
+    proc = _clone(config, "--yes", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    serve = next(s for s in report["steps"] if s["name"] == "serve")
+    assert serve["detail"] == f"rsyncd on 127.0.0.1:{port}", serve
+
+
+def test_warnings_are_plain_lines_not_logging_records(shard: SandboxInfo, tmp_path: Path) -> None:
+    readable = tmp_path / "admin.cnf"
+    readable.write_text(shard.admin_option_file.read_text())
+    readable.chmod(0o644)
+    text = shard.config_path.read_text().replace(str(shard.admin_option_file), str(readable))
+    config = tmp_path / "hotcopy.toml"
+    config.write_text(text)
+    proc = hotcopy("jobs", "--config", str(config), env=WIDE)
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith(f"warning: mysql.option_file: {readable} holds a password"), first
+    assert "WARNING" not in proc.stderr and "hotcopy.config" not in proc.stderr

@@ -29,7 +29,7 @@ from hotcopy.sandbox import SandboxInfo
 from .helpers import has_schema, hotcopy, leftovers, mark_local, runtime, wait_for, wait_replicating
 
 MARKER = "refusal_target_marker"
-TERMINAL = {"committed", "rolled-back", "failed"}
+TERMINAL = {"committed", "rolled-back", "failed", "refused"}
 #: rich wraps at 80 columns off a terminal; wide lines keep failure output readable.
 WIDE = {"COLUMNS": "200"}
 MODES = ("--dry-run", "--yes")
@@ -80,7 +80,7 @@ def assert_unchanged(info: SandboxInfo, known: set[str], yes_started: float | No
     assert len(new) <= 1, new
     with SqliteJournal(config_module.load(info.config_path).journal_path()) as journal:
         for job in new:
-            assert job["state"] == "failed", job
+            assert job["state"] == "refused", job  # as its exit code 2 said
             assert yes_started is not None and job["created"] >= yes_started, \
                 "a dry run must not create a job"
             assert journal.undo_entries(job["job"]) == [], job

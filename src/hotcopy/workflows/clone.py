@@ -18,7 +18,7 @@ import hotcopy.hosts.files
 import hotcopy.mysql.undo  # noqa: F401
 from hotcopy.errors import ExitCode, HotcopyError, RefusedError
 from hotcopy.hosts import files
-from hotcopy.progress import Reporter
+from hotcopy.progress import Reporter, acknowledge_signals
 from hotcopy.runtime import Runtime
 from hotcopy.saga import (
     FencedOut,
@@ -272,7 +272,7 @@ def _execute(ctx: StepContext, *, resume: bool) -> Outcome:
     journal.claim_job(job_id, socket.gethostname(), os.getpid())
     journal.set_job_state(job_id, JobState.RUNNING)
     try:
-        with signals_as_exceptions():
+        with signals_as_exceptions(), acknowledge_signals(ctx.reporter):
             run_steps(steps_for(ctx.params.get("pipeline")), ctx, resume=resume)
             ctx.tx.commit()
     except (FencedOut, JournalUnavailable):
@@ -301,6 +301,8 @@ def _roll_back_after(ctx: StepContext, error: HotcopyError) -> Outcome:
         ctx.reporter.warning(f"{error.message} (after the commit: the clone stands)")
         return Outcome(journal.get_job(job_id), ExitCode.OK, error)
     if not ctx.tx.pending():
+        if isinstance(error, RefusedError):
+            journal.update_job_info(job_id, refused=True)  # shown as "refused", as exit 2
         journal.set_job_state(job_id, JobState.FAILED, error=str(error))
         journal.release_locks(job_id)
         code = ExitCode.REFUSED if isinstance(error, RefusedError) else ExitCode.FAILED_ROLLED_BACK

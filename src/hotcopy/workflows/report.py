@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from hotcopy.saga import Journal
+from hotcopy.saga import Job, JobState, Journal
 
 # Step outputs worth showing at the top level of the report.
 _HEADLINE_KEYS = ("source_lock_ms", "source_replication_paused_ms", "bytes_transferred",
                   "literal_bytes", "catchup_s", "verify_source_paused_ms")
+
+#: How often a running copy writes its progress into the journal, for ``show``.
+PROGRESS_JOURNAL_INTERVAL_S = 5.0
 
 
 def job_report(journal: Journal, job_id: str) -> dict[str, Any]:
@@ -35,14 +38,14 @@ def job_report(journal: Journal, job_id: str) -> dict[str, Any]:
     report: dict[str, Any] = {
         "job": job.id,
         "kind": job.kind,
-        "state": job.state.value,
+        "state": display_state(job),
         "source": job.params.get("source"),
         "target": job.params.get("target"),
         "pipeline": job.params.get("pipeline", "snapshot"),
         "created": job.created,
         "updated": job.updated,
         "controller": {"host": job.owner_host, "pid": job.owner_pid},
-        "error": job.error or job.info.get("failure"),
+        "error": job_error(job),
     }
     for key in _HEADLINE_KEYS:
         report[key] = job.info.get(key, outputs.get(key))
@@ -51,7 +54,57 @@ def job_report(journal: Journal, job_id: str) -> dict[str, Any]:
     report["verified"] = outputs.get("verified")
     report["tables_checked"] = outputs.get("tables_checked")
     report["audit"] = outputs.get("audit")
+    report["transfer_method"] = outputs.get("transfer_method") or job.params.get("transfer")
+    report["total_s"] = _total_s(job, step_rows)
+    report["target_downtime_s"] = _target_downtime_s(step_rows, outputs)
+    report["live"] = _live(job, step_rows)
     report["steps"] = step_rows
     report["undo"] = undo
     report["outstanding_undo"] = [u for u in undo if u["state"] in ("pending", "failed")]
     return report
+
+
+def display_state(job: Job) -> str:
+    """A preflight refusal (exit 2) reads as ``refused``, not as a failure of the fleet.
+
+    The journal keeps the engine's state (``failed``: nothing to undo); the refusal is
+    recorded beside it, so scripts see the same verdict as the exit code gave.
+    """
+    if job.state is JobState.FAILED and job.info.get("refused"):
+        return "refused"
+    return job.state.value
+
+
+def job_error(job: Job) -> str | None:
+    """Why the job ended; a rolled-back job keeps the failure that started the rollback."""
+    return job.error or job.info.get("failure")
+
+
+def _total_s(job: Job, steps: list[dict[str, Any]]) -> float | None:
+    ends = [s["ended"] for s in steps if s["ended"] is not None]
+    if not steps or not ends:
+        return None
+    return round(float(max(ends)) - float(min(s["started"] for s in steps)), 3)
+
+
+def _target_downtime_s(steps: list[dict[str, Any]], outputs: dict[str, Any]) -> float | None:
+    """The target serves nothing from mysqld's stop until it has caught up again."""
+    by_name = {s["name"]: s for s in steps}
+    stop, caught_up = by_name.get("stop_target"), by_name.get("catch_up")
+    if stop is None or not outputs.get("target_was_running", True):
+        return None
+    end = caught_up["ended"] if caught_up is not None else None
+    if end is None:
+        return None
+    return round(float(end) - float(stop["started"]), 3)
+
+
+def _live(job: Job, steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """For a running job: the step under way and, in a copy, the bytes so far."""
+    if job.terminal or not steps or steps[-1]["ended"] is not None:
+        return None
+    current = steps[-1]
+    return {"step": current["name"], "since": current["started"],
+            "bytes_done": job.info.get("progress_bytes"),
+            "bytes_expected": job.info.get("progress_total"),
+            "progress_at": job.info.get("progress_at")}

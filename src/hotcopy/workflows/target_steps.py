@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from hotcopy.mysql.flavor import Coordinates
 from hotcopy.mysql.flavor.base import set_global
 from hotcopy.mysql.option_file import read_client_options
 from hotcopy.mysql.server import Server
+from hotcopy.progress import human_bytes
 from hotcopy.snapshot.base import SnapshotPlan, load_backend
 from hotcopy.transfer.base import (
     ServerHandle,
@@ -28,6 +30,7 @@ from hotcopy.transfer.base import (
     kill_marked,
     method_for,
 )
+from hotcopy.workflows.report import PROGRESS_JOURNAL_INTERVAL_S
 from hotcopy.workflows.runner import StepContext
 
 log = logging.getLogger(__name__)
@@ -181,8 +184,14 @@ def pull(ctx: StepContext) -> dict[str, Any]:
                               "check_health", None)
     overflow: list[str] = []
 
+    journaled = [0.0]
+
     def on_progress(done: int, total: int | None, rate: float | None) -> None:
         done_bytes[0] = done
+        now = time.monotonic()
+        if now - journaled[0] >= PROGRESS_JOURNAL_INTERVAL_S or (total and done >= total):
+            journaled[0] = now  # `hotcopy show` of the running job reads it from here
+            ctx.info(progress_bytes=done, progress_total=total, progress_at=time.time())
         ctx.reporter.progress(done, total, rate)
         if total:
             ctx.faults.progress("pull", done / total)
@@ -217,12 +226,15 @@ def pull(ctx: StepContext) -> dict[str, Any]:
         raise SnapshotUnusable(f"the copy from {source} cannot be trusted: {reason}",
                                hint=_OVERFLOW_HINT)
     ctx.info(bytes_transferred=result.bytes_transferred, literal_bytes=result.literal_bytes)
-    rate = result.literal_bytes / result.seconds / 1e6 if result.seconds else 0
+    # The rate of everything copied, as the progress bar counts it (not only the literal
+    # data rsync sent), so the step's figure and the bar's final one agree.
+    rate = result.bytes_transferred / result.seconds if result.seconds else 0
     return {"bytes_transferred": result.bytes_transferred, "literal_bytes": result.literal_bytes,
             "files_transferred": result.files_transferred, "transfer_s": result.seconds,
             "transfer_attempts": result.attempts,
-            "_detail": f"{result.literal_bytes / 1e6:.1f} MB in {result.files_transferred} files, "
-                       f"{rate:.0f} MB/s"}
+            "_detail": f"{human_bytes(result.bytes_transferred)} in "
+                       f"{result.files_transferred} files ({human_bytes(result.literal_bytes)} "
+                       f"sent), {human_bytes(rate)}/s"}
 
 
 def drop_snapshot(ctx: StepContext) -> dict[str, Any]:
