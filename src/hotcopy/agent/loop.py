@@ -186,13 +186,23 @@ class Agent:
                                                      why], now, donor=job.source, job=job.id,
                                 observe_only=self.observe_only)
             made.append(decision)
-            if not self.observe_only and self.worker is None:
+            if not self.observe_only and self.worker is None and self._still_leader():
                 self.worker = worker.spawn(self.config.source_path, action, job=job.id,
                                            source=job.source, target=job.target)
         return made
 
+    def _still_leader(self) -> bool:
+        """Confirmed just before acting: a poll's decisions are only as fresh as its lease."""
+        self.is_leader = self.store.campaign(self.id, self.config.agent.lease_ttl_s,
+                                             self.clock())
+        return self.is_leader
+
     def _start_reseed(self, decision: Decision) -> None:
         assert decision.target is not None and decision.donor is not None
+        if not self._still_leader():
+            log.warning("lost the leadership before re-seeding %s: not acting",
+                        decision.target, extra={"event": "not-leader"})
+            return
         self.worker = worker.spawn(self.config.source_path, "reseed", source=decision.donor,
                                    target=decision.target)
         self.worker.history_row = self.store.record_reseed(
