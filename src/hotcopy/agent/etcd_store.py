@@ -149,9 +149,11 @@ class EtcdAgentStore:
         key = self._k("leader")
         try:
             if self._lease and self.client.lease_keepalive(self._lease) <= 0:
+                # Stop acting now; campaign afresh at the next poll like any other agent.
                 log.warning("agent %s lost its etcd lease: not the leader any more", agent_id,
                             extra={"event": "lease-lost"})
                 self._lease = 0
+                return False
             if not self._lease:
                 self._lease, _ = self.client.lease_grant(self.ttl)
             value = json.dumps({"id": agent_id, "since": now})
