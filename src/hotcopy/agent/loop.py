@@ -124,6 +124,9 @@ class Agent:
                     self.tick()
                 except HotcopyError as exc:
                     log.error("poll failed: %s", exc.message, extra={"event": "poll-failed"})
+                except Exception as exc:  # a store or server error: never the agent's end
+                    log.error("poll failed: %s", exc, exc_info=True,
+                              extra={"event": "poll-failed"})
                 stop.wait(self.config.agent.interval_s)
         finally:
             self.shutdown()
