@@ -281,3 +281,49 @@ def test_master_down_no_replica_is_reseeded(shard: Shard) -> None:
             assert metrics(shard)["hotcopy_master_up{}"] == 0
     finally:
         master.start(timeout=120)
+        for name in shard.info.replicas:  # IO threads reconnect on their own retry timer
+            assert wait_for(lambda name=name: _io_running(shard, name), 120), name
+
+
+def _io_running(shard: Shard, name: str) -> bool:
+    from hotcopy.mysql import replication
+
+    status = replication.single_channel(shard.rt.server(name))
+    return status is not None and status.io_running == "Yes"
+
+
+def test_sigterm_mid_reseed_rolls_it_back_and_the_agent_exits_cleanly(shard: Shard) -> None:
+    """What `systemctl stop` does: the running re-seed is rolled back, nothing is left."""
+    from hotcopy.mysql import replication
+
+    from .helpers import leftovers
+
+    # The previous test left replica2 stopped on 1032: give it the row back, by hand.
+    run(shard.rt, "replica2", "INSERT INTO agentdb.t VALUES (3, 3)", "START SLAVE")
+    wait_replicating(shard.rt.server("replica2"), shard.rt.server(shard.info.master))
+    before = {j.id for j in jobs(shard)}
+    hotcopy("agent", "reseed", "--config", str(shard.config), "replica3")
+    with agent(shard) as log:
+        def pulling() -> list[Job]:
+            return [j for j in jobs(shard) if j.id not in before
+                    and any(s.name == "pull" for s in _steps(shard, j.id))]
+
+        assert wait_for(pulling, 120, 0.02), log.read_text()[-3000:]
+        (job,) = pulling()
+        assert job.params["target"] == "replica3"
+    # The agent has exited (the context manager asserted exit code 0) after the rollback.
+    (ended,) = [j for j in jobs(shard) if j.id == job.id]
+    assert ended.state == "rolled-back", ended
+    assert leftovers(shard.info) == []
+    source = replication.single_channel(shard.rt.server(str(ended.params["source"])))
+    assert source is not None and source.sql_running == "Yes"
+    assert_equal_to_master(shard, "replica3")
+    assert any(line.get("event") == "worker-stopping" for line in log_lines(log))
+
+
+def _steps(shard: Shard, job_id: str) -> list[Any]:
+    journal = SqliteJournal(shard.rt.config.journal_path())
+    try:
+        return list(journal.steps(job_id))
+    finally:
+        journal.close()
