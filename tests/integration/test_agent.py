@@ -8,6 +8,7 @@ a sleep: an agent that is merely slow cannot pass for one that decided not to ac
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -130,13 +131,14 @@ def wait_polls(shard: Shard, more: int, timeout: float = 60) -> None:
 
 
 @contextmanager
-def agent(shard: Shard, *extra: str) -> Iterator[Path]:
+def agent(shard: Shard, *extra: str, env: dict[str, str] | None = None) -> Iterator[Path]:
     """`hotcopy agent run` as a real process; SIGTERM and a bounded wait at the end."""
     log = shard.info.directory / f"agent-{len(list(shard.info.directory.glob('agent-*')))}.log"
+    full_env = {k: v for k, v in os.environ.items() if k != "HOTCOPY_FAULT"} | (env or {})
     with log.open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "hotcopy", "agent", "run", "--config",
                                  str(shard.config), *extra], stdout=subprocess.DEVNULL,
-                                stderr=stderr)
+                                stderr=stderr, env=full_env)
     try:
         assert wait_for(lambda: _scrapable(shard) or proc.poll() is not None, 60)
         assert proc.poll() is None, log.read_text()
@@ -214,7 +216,9 @@ def test_broken_replica_is_reseeded_then_the_flap_window_holds(shard: Shard) -> 
         assert wait_for(flap_blocks, 60)
         wait_polls(shard, 3)
         assert [j.id for j in jobs(shard)] == [job.id]
-        (blocked,) = flap_blocks()  # recorded once, not at every poll
+        blocks = flap_blocks()
+        assert len(blocks) == 1, json.dumps(status(shard)["decisions"], indent=1)
+        (blocked,) = blocks  # recorded once, not at every poll
         assert blocked["until"] == pytest.approx(job.created + 3600, abs=30)
         report = status(shard)
         (window,) = report["flap_windows"]
@@ -327,3 +331,31 @@ def _steps(shard: Shard, job_id: str) -> list[Any]:
         return list(journal.steps(job_id))
     finally:
         journal.close()
+
+
+def test_a_dead_controller_s_job_is_taken_over_by_policy(shard: Shard) -> None:
+    """The re-seed's own process SIGKILLed right after the snapshot: the leader finds the
+    job with its owner gone and rolls it back (its transfer had not started)."""
+    from .helpers import leftovers
+
+    before = {j.id for j in jobs(shard)}
+    break_replica(shard, "replica2", 3)
+    with agent(shard, env={"HOTCOPY_FAULT": "kill-after:snapshot"}) as log:
+        def ended() -> list[Job]:
+            return [j for j in jobs(shard) if j.id not in before and j.terminal]
+
+        assert wait_for(ended, 180), log.read_text()[-3000:]
+        (job,) = ended()
+        assert job.params["target"] == "replica2" and job.state == "rolled-back"
+        (takeover,) = [d for d in status(shard)["decisions"] if d.get("job") == job.id]
+        assert takeover["action"] == "rollback"
+        assert "transfer had not started" in " ".join(takeover["reasons"])
+        # Still broken, but re-seeded (attempted) moments ago: the flap window holds.
+        assert wait_for(lambda: any(d["rail"] == "flap-window" for d in
+                                    decisions_for(shard, "replica2", "blocked")), 60)
+        wait_polls(shard, 3)
+        assert {j.id for j in jobs(shard)} == before | {job.id}
+    assert leftovers(shard.info) == []
+    assert any(line.get("event") == "worker-died" for line in log_lines(log))
+    run(shard.rt, "replica2", "INSERT INTO agentdb.t VALUES (3, 103)", "START SLAVE")
+    assert_equal_to_master(shard, "replica2")

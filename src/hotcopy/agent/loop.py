@@ -24,7 +24,7 @@ from hotcopy.agent.store import AgentStore
 from hotcopy.config import Config
 from hotcopy.errors import HotcopyError
 from hotcopy.runtime import Runtime
-from hotcopy.saga import Job, JobState, Journal, LockInfo
+from hotcopy.saga import TERMINAL_STATES, Job, JobState, Journal, LockInfo
 from hotcopy.workflows.report import job_report
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,11 @@ class Agent:
         observation = self.monitor.observe(self.store.marks(), now)
         self.metrics.observed(observation)
         jobs = running_jobs(self.journal, etcd=self.config.journal.backend == "etcd")
+        if self.worker is not None and self.worker.job not in {j.id for j in jobs}:
+            # Spawned but its job not journaled yet (or already ended): it still holds
+            # the shard, or a second re-seed could be decided in between.
+            jobs.append(RunningJob(self.worker.job or "(starting)", "clone", "starting",
+                                   self.worker.source, self.worker.target, True))
         made = self._takeovers(jobs, now)
         history = self.store.reseeds(now - max(DAY_S, self.policy.flap_window_s))
         master = observation.replicas.get(observation.master or "")
@@ -227,25 +232,31 @@ class Agent:
         running = self.worker
         if running is None:
             return
+        known = running.job
         job_id = self._job_of(running)
         if running.alive:
-            if job_id and running.history_row is not None:
+            if job_id and known is None and running.history_row is not None:
                 self.store.update_reseed(running.history_row, job=job_id, outcome="started")
             return
         self.worker = None
         report = job_report(self.journal, job_id) if job_id else {"state": "failed"}
+        state = str(report.get("state"))
         seconds = self.clock() - running.started
         if running.history_row is not None:
-            self.store.update_reseed(running.history_row, job=job_id,
-                                     outcome=str(report.get("state")))
-        if running.action == "reseed":
+            self.store.update_reseed(running.history_row, job=job_id, outcome=state)
+        if state in {str(s) for s in TERMINAL_STATES}:
             self.metrics.reseed_finished(report, seconds)
+        else:
+            # The worker died with the job unfinished: the next poll takes it over.
+            log.warning("%s of %s: its process ended (exit %s) with job %s %s",
+                        running.action, running.target, running.exit_code, job_id, state,
+                        extra={"event": "worker-died", "job": job_id})
         if running.target:
             self.monitor.forget(running.target)
         log.info("%s of %s (job %s) ended %s after %.0fs", running.action, running.target,
-                 job_id, report.get("state"), seconds,
+                 job_id, state, seconds,
                  extra={"event": "job-finished", "action": running.action, "job": job_id,
-                        "target": running.target, "state": report.get("state"),
+                        "target": running.target, "state": state,
                         "exit_code": running.exit_code, "seconds": round(seconds, 3)})
 
     # -- recording ---------------------------------------------------------------------
