@@ -19,7 +19,7 @@ from hotcopy.saga.etcd_client import EtcdClient
 from hotcopy.saga.etcd_journal import EtcdJournal
 from tests.etcd_cluster import EtcdCluster, unique_prefix
 
-BACKENDS = ["sqlite", "etcd"]
+BACKENDS = ["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)]
 
 
 @dataclass

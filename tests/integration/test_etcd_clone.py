@@ -34,6 +34,8 @@ from tests.etcd_cluster import EtcdCluster, require_etcd, unique_prefix
 
 from .helpers import hotcopy, leftovers, runtime, sql_thread_running, wait_for, wait_replicating
 
+pytestmark = pytest.mark.etcd
+
 SOURCE, TARGET = "replica1", "replica2"
 TTL_S = 6
 
@@ -199,6 +201,11 @@ def test_quorum_lost_mid_clone_stops_the_controller_then_a_rollback_restores_all
     cluster.wait_ready()
     job = shard.job(clone.job_id)
     assert job.state is JobState.RUNNING  # not rolled back behind the journal's back
+    shown = hotcopy("show", "--config", str(shard.config), clone.job_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["state"] == "running" and report["outstanding_undo"], report
+    assert {s["name"] for s in report["steps"]} >= {"snapshot", "pull"}
     outstanding = {e.seq for e in shard.journal().undo_entries(clone.job_id) if e.outstanding}
     assert {e.seq for e in entries_before if e.outstanding} <= outstanding
     results: list[subprocess.CompletedProcess[str]] = []
@@ -231,4 +238,31 @@ def test_controller_killed_after_the_snapshot_is_taken_over_after_its_lease(
     done = shard.job(job.id)
     assert done.state is JobState.ROLLED_BACK
     assert done.owner_pid != job.owner_pid
+    assert_restored(shard)
+
+
+def test_a_paused_controller_is_deposed_after_its_lease_and_then_touches_nothing(
+    shard: Shard, cluster: EtcdCluster,
+) -> None:
+    """Frozen past its TTL (a VM pause, a partition): another controller rolls the job
+    back; when the first one wakes, its next journal write is rejected and it exits 3."""
+    clone = FrozenClone(shard)
+    clone.freeze_in_transfer()
+    results: list[subprocess.CompletedProcess[str]] = []
+    assert wait_for(lambda: results.append(rollback(shard, clone.job_id))
+                    or results[-1].returncode != 2, timeout=4 * TTL_S, interval=0.5)
+    assert results[-1].returncode == 0, results[-1].stderr[-3000:]
+    assert shard.job(clone.job_id).state is JobState.ROLLED_BACK
+    assert_restored(shard)
+    undone = [e.seq for e in shard.journal().undo_entries(clone.job_id) if not e.outstanding]
+
+    clone.thaw()
+    code, stderr = clone.finish()
+    assert code == 3, stderr[-3000:]
+    assert f"job {clone.job_id}: this controller no longer owns it" in stderr
+    after = shard.job(clone.job_id)
+    assert after.state is JobState.ROLLED_BACK
+    assert [e.seq for e in shard.journal().undo_entries(clone.job_id)
+            if not e.outstanding] == undone
+    assert leftovers(shard.info) == []  # it recreated nothing on any host
     assert_restored(shard)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import hotcopy
-from hotcopy.saga import Journal
-from tests.etcd_cluster import EtcdCluster, free_ports, require_etcd
+from hotcopy.saga import JobState, Journal, SqliteJournal
+from tests.etcd_cluster import EtcdCluster, free_ports, require_etcd, unique_prefix
 from tests.journals import JournalStore
 
 SECRET = "s3cret-Pa55-do-not-log"
@@ -52,6 +52,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120, env=env, check=False)
 
 
+@pytest.mark.etcd
 def test_unreachable_etcd_at_start_is_refused_naming_every_endpoint(tmp_path: Path) -> None:
     ports = free_ports(2)
     endpoints = [f"http://127.0.0.1:{p}" for p in ports]
@@ -88,6 +89,7 @@ def auth_config(tmp_path: Path, cluster: EtcdCluster, password: str, mode: int =
                                   f'auth_file = "{auth}"')
 
 
+@pytest.mark.etcd
 def test_wrong_credentials_are_refused_and_no_secret_is_shown(
     etcd_with_auth: EtcdCluster, tmp_path: Path,
 ) -> None:
@@ -106,6 +108,7 @@ def test_wrong_credentials_are_refused_and_no_secret_is_shown(
     assert SECRET not in proc.stderr + proc.stdout  # -vv logs every request: never the secret
 
 
+@pytest.mark.etcd
 def test_an_auth_file_others_can_read_is_refused(
     etcd_with_auth: EtcdCluster, tmp_path: Path,
 ) -> None:
@@ -116,6 +119,7 @@ def test_an_auth_file_others_can_read_is_refused(
     assert SECRET not in proc.stderr + proc.stdout
 
 
+@pytest.mark.etcd
 def test_tls_to_a_plain_etcd_is_refused(etcd_single: EtcdCluster, tmp_path: Path) -> None:
     endpoint = etcd_single.endpoints[0].replace("http://", "https://")
     config = write_config(tmp_path, f'backend = "etcd"\nendpoints = ["{endpoint}"]')
@@ -148,3 +152,30 @@ def test_locks_lists_holder_job_and_lease(journal_store: JournalStore, tmp_path:
             assert row["lease_remaining_s"] is None
     table = run("locks", "--config", str(config))
     assert table.returncode == 0 and "server:db1" in table.stdout and "ctl-7" in table.stdout
+
+
+@pytest.mark.etcd
+def test_switching_to_etcd_is_refused_while_sqlite_has_unfinished_jobs(
+    etcd_single: EtcdCluster, tmp_path: Path,
+) -> None:
+    sqlite_path = tmp_path / "journal.sqlite"
+    old = SqliteJournal(sqlite_path)
+    unfinished = old.create_job("clone", {})
+    finished = old.create_job("clone", {})
+    old.set_job_state(finished.id, JobState.ROLLED_BACK)
+    old.close()
+    etcd = (f'backend = "etcd"\nendpoints = ["{etcd_single.endpoints[0]}"]\n'
+            f'path = "{sqlite_path}"\nprefix = "{unique_prefix()}"')
+    config = write_config(tmp_path, etcd)
+    proc = run("jobs", "--config", str(config))
+    assert proc.returncode == 2
+    assert f"1 unfinished job(s): {unfinished.id} (running)" in proc.stderr
+    assert finished.id not in proc.stderr
+
+    old = SqliteJournal(sqlite_path)  # the operator finishes it on SQLite first
+    old.claim_job(unfinished.id, "ctl", os.getpid())
+    old.set_job_state(unfinished.id, JobState.ROLLED_BACK)
+    old.close()
+    proc = run("jobs", "--config", str(config), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []

@@ -20,6 +20,7 @@ from hotcopy.saga import (
     JobState,
     JournalUnavailable,
     OwnerAlive,
+    SqliteJournal,
 )
 from hotcopy.saga.etcd_journal import EtcdJournal
 from tests.etcd_cluster import EtcdCluster
@@ -81,6 +82,7 @@ def test_no_change_is_recorded_once_a_rollback_has_begun(journal_store: JournalS
     assert journal.undo_entries(job.id) == []
 
 
+@pytest.mark.etcd
 def test_etcd_takeover_is_refused_while_the_lease_lives_and_allowed_after_it_expired(
     etcd_single: EtcdCluster,
     tmp_path: Path,
@@ -100,8 +102,10 @@ def test_etcd_takeover_is_refused_while_the_lease_lives_and_allowed_after_it_exp
             assert time.monotonic() < deadline
             time.sleep(0.05)
         # By its own clock the lease is nearly gone: it may record, but must not act.
-        with pytest.raises(JournalUnavailable, match="valid for only"):
+        with pytest.raises(JournalUnavailable, match="stops before making the change"):
             owner.append_undo(job.id, "a", {}, "undo", None)
+        with pytest.raises(JournalUnavailable, match="stops before running this undo"):
+            owner.claim_undo(job.id, 1)
         while True:  # etcd expires the lease (bounded: TTL 3 s)
             try:
                 rival.claim_job(job.id, "ctl2", 1)
@@ -185,3 +189,37 @@ def test_two_rollbacks_at_once_exactly_one_runs_the_undos(
     assert losers[0] == "ran 0" or losers[0].startswith(f"refused job {job.id} is owned by")
     assert (tmp_path / "undone").read_text().split() == ["4", "3", "2", "1"]
     assert journal_store.open().get_job(job.id).state is JobState.ROLLED_BACK
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys
+    from hotcopy.saga import SqliteJournal
+    journal = SqliteJournal(sys.argv[1])
+    print(journal.create_job("clone", {}).id, flush=True)
+    sys.stdin.read()  # alive until the test closes our stdin or kills us
+    """
+)
+
+
+def test_sqlite_refuses_a_takeover_while_the_owner_process_lives(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(Path(hotcopy.__file__).resolve().parent.parent)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout is not None
+        job_id = holder.stdout.readline().strip()
+        journal = SqliteJournal(path)
+        with pytest.raises(OwnerAlive, match=rf"job {job_id} is owned by pid {holder.pid} on"):
+            journal.claim_job(job_id, "ctl2", os.getpid())
+        assert journal.get_job(job_id).owner_pid == holder.pid  # the refusal changed nothing
+        holder.kill()
+        holder.wait(timeout=30)
+        taken = journal.claim_job(job_id, "ctl2", os.getpid())
+        assert taken.epoch == 2
+        journal.close()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(timeout=30)

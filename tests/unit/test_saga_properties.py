@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -154,6 +155,7 @@ def test_fresh_rollback_after_a_crash_does_exactly_what_is_owed(
         check_fresh_rollback(store, ops, ending, rollback_crash)
 
 
+@pytest.mark.etcd
 @settings(max_examples=40, deadline=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(ops=ops_strategy, ending=ending, rollback_crash=ROLLBACK_CRASH)

@@ -85,6 +85,13 @@ class EtcdJournal:
         self.lease_ttl_s = lease_ttl_s
         self.margin_s = margin_s if margin_s is not None else max(1.0, lease_ttl_s / 3)
         self._owned: dict[str, Ownership] = {}
+        # What this owner last wrote, so a write costs one round trip (the txn), not a
+        # read first. Only the owner writes a job's keys (every write is fenced), so the
+        # cache can only be stale after our own ambiguous write: its compare then fails,
+        # the entry is dropped and the write retried on a fresh read.
+        self._kv: dict[str, KeyValue] = {}
+        self._next_seq: dict[str, int] = {}
+        self._steps_kv: dict[str, list[KeyValue]] = {}
         self._lock = threading.RLock()
         self._lease_id = 0
         self._valid_until = 0.0  # monotonic: the lease is surely alive before this
@@ -248,17 +255,31 @@ class EtcdJournal:
     def _put_epoch(self, job_id: str, epoch: int, **extra: Any) -> None:
         self._modify_job(job_id, lambda job: job.update(owner_epoch=epoch, **extra))
 
+    def _put_cas(
+        self, job_id: str, key: str, value: str, revision: int,
+        compares: Sequence[Mapping[str, Any]] = (),
+    ) -> KeyValue | None:
+        """Put ``key`` if it is still at ``revision`` (0: absent) and we still own the
+        job; the new version is read back in the same txn and cached. None: retry."""
+        ok, responses = self._fenced(job_id, [cmp_mod(key, revision), *compares],
+                                     [op_put(key, value), op_get(key)])
+        if not ok:
+            self._kv.pop(key, None)
+            return None
+        kv = first_kv(responses[1])
+        assert kv is not None
+        self._kv[key] = kv
+        return kv
+
     def _modify_job(self, job_id: str, change: Callable[[dict[str, Any]], None]) -> None:
         key = self._key("jobs", job_id)
 
         def attempt() -> bool | None:
-            kv = self._job_kv(job_id)
+            kv = self._kv.get(key) or self._job_kv(job_id)
             job = json.loads(kv.value)
             change(job)
             job["updated"] = time.time()
-            ok, _ = self._fenced(job_id, [cmp_mod(key, kv.mod_revision)],
-                                 [op_put(key, _dump(job))])
-            return True if ok else None
+            return True if self._put_cas(job_id, key, _dump(job), kv.mod_revision) else None
 
         self._retry(job_id, attempt)
 
@@ -341,33 +362,31 @@ class EtcdJournal:
         job_key = self._key("jobs", job_id)
 
         def attempt() -> UndoEntry | None:
-            job = self._job_kv(job_id)
+            job = self._kv.get(job_key) or self._job_kv(job_id)
             refuse_unless_running(job_id, json.loads(job.value)["state"])
-            existing = self._prefix(self._key("undo", job_id, ""), job_id)
-            seq = len(existing) + 1
-            value = {"job_id": job_id, "seq": seq, "action": action,
-                     "params": json.loads(params_json), "label": label, "step": step,
-                     "state": EntryState.PENDING.value, "attempts": 0, "error": None,
-                     "created": now, "finished": None}
+            seq = self._next_seq.get(job_id) or 1 + len(
+                self._prefix(self._key("undo", job_id, ""), job_id))
+            value = _dump({"job_id": job_id, "seq": seq, "action": action,
+                           "params": json.loads(params_json), "label": label, "step": step,
+                           "state": EntryState.PENDING.value, "attempts": 0, "error": None,
+                           "created": now, "finished": None})
             key = self._entry_key(job_id, seq)
-            ok, responses = self._fenced(
-                job_id, [cmp_mod(job_key, job.mod_revision), cmp_create(key, 0)],
-                [op_put(key, _dump(value))], [op_get(key)])
-            if not ok:
-                kv = first_kv(responses[0])
-                if kv is None or kv.value != _dump(value):
-                    return None  # the job changed (state) or a seq clash: look again
-            return self._entry(_dump(value))
+            # The job's revision is compared so that its state is still "running" when
+            # the entry lands: a rollback begun meanwhile never misses it.
+            if self._put_cas(job_id, key, value, 0, [cmp_mod(job_key, job.mod_revision)]):
+                self._next_seq[job_id] = seq + 1
+                return self._entry(value)
+            self._next_seq.pop(job_id, None)
+            self._kv.pop(job_key, None)
+            kv = self._get_kv(key, job_id)
+            if kv is not None and kv.value == value:  # our own write, answered late
+                self._kv[key] = kv
+                self._next_seq[job_id] = seq + 1
+                return self._entry(value)
+            return None
 
         entry = self._retry(job_id, attempt)
-        left = self.lease_valid_for()
-        if left < self.margin_s:
-            # Recorded, but the lease may lapse before the change is made: a new owner
-            # could then run this undo before we act. Do not act.
-            raise JournalUnavailable(
-                f"job {job_id}: this controller's etcd lease is valid for only {left:.1f} s "
-                "more; it stops before making the change",
-                hint=f"after the lease expired, `hotcopy rollback {job_id}` from any host")
+        self._refuse_if_lease_lapsing(job_id, "making the change")
         return entry
 
     def _modify_entry(
@@ -376,15 +395,15 @@ class EtcdJournal:
         key = self._entry_key(job_id, seq)
 
         def attempt() -> UndoEntry | None:
-            kv = self._get_kv(key, job_id)
+            kv = self._kv.get(key) or self._get_kv(key, job_id)
             if kv is None:
                 self._require_job(job_id)
                 raise ValueError(f"job {job_id} has no undo entry #{seq}")
             entry = json.loads(kv.value)
             change(entry)
-            ok, _ = self._fenced(job_id, [cmp_mod(key, kv.mod_revision)],
-                                 [op_put(key, _dump(entry))])
-            return self._entry(_dump(entry)) if ok else None
+            value = _dump(entry)
+            return self._entry(value) if self._put_cas(job_id, key, value,
+                                                       kv.mod_revision) else None
 
         return self._retry(job_id, attempt)
 
@@ -397,7 +416,19 @@ class EtcdJournal:
                                  "outstanding")
             entry["claimed_epoch"] = epoch
 
-        return self._modify_entry(job_id, seq, change)
+        entry = self._modify_entry(job_id, seq, change)
+        self._refuse_if_lease_lapsing(job_id, "running this undo")
+        return entry
+
+    def _refuse_if_lease_lapsing(self, job_id: str, what: str) -> None:
+        """Recorded, but our lease may lapse before we act: a new owner could then act
+        on the same entry at the same time. By our own clock, with a margin: stop."""
+        left = self.lease_valid_for()
+        if left < self.margin_s:
+            raise JournalUnavailable(
+                f"job {job_id}: this controller's etcd lease is valid for only {left:.1f} s "
+                f"more; it stops before {what}",
+                hint=f"after the lease expired, `hotcopy rollback {job_id}` from any host")
 
     def set_undo_state(
         self, job_id: str, seq: int, state: EntryState, *, attempts: int, error: str | None
@@ -425,17 +456,29 @@ class EtcdJournal:
     def _step_kvs(self, job_id: str) -> list[KeyValue]:
         return self._prefix(self._key("steps", job_id, ""), job_id)
 
+    def _own_steps(self, job_id: str) -> list[KeyValue]:
+        if job_id not in self._steps_kv:
+            self._steps_kv[job_id] = self._step_kvs(job_id)
+        return self._steps_kv[job_id]
+
     def _put_step(self, job_id: str, record: dict[str, Any], n: int, revision: int) -> bool:
         key = self._key("steps", job_id, f"{n:06d}")
-        ok, _ = self._fenced(job_id, [cmp_mod(key, revision)], [op_put(key, _dump(record))])
-        return ok
+        kv = self._put_cas(job_id, key, _dump(record), revision)
+        cached = self._steps_kv.get(job_id)
+        if kv is None or cached is None:
+            self._steps_kv.pop(job_id, None)
+            return kv is not None
+        if n <= len(cached):
+            cached[n - 1] = kv
+        else:
+            cached.append(kv)
+        return True
 
     def step_started(self, job_id: str, name: str) -> None:
-        self._require_job(job_id)
         now = time.time()
 
         def attempt() -> bool | None:
-            kvs = self._step_kvs(job_id)
+            kvs = self._own_steps(job_id)
             tries = [json.loads(kv.value) for kv in kvs]
             record = {"job_id": job_id, "name": name, "started": now, "ended": None,
                       "outcome": "running", "outputs": {}, "error": None,
@@ -451,11 +494,10 @@ class EtcdJournal:
         if outcome not in STEP_OUTCOMES:
             raise ValueError(f"step outcome must be one of {sorted(STEP_OUTCOMES)}: {outcome!r}")
         outputs_json = dump_json(outputs or {}, "outputs")
-        self._require_job(job_id)
         now = time.time()
 
         def attempt() -> bool | None:
-            kvs = self._step_kvs(job_id)
+            kvs = self._own_steps(job_id)
             latest = next(((n, kv) for n, kv in reversed(list(enumerate(kvs, 1)))
                            if json.loads(kv.value)["name"] == name), None)
             if latest is None:  # a step skipped without ever starting
@@ -481,7 +523,6 @@ class EtcdJournal:
 
     def acquire_locks(self, job_id: str, resources: Sequence[str]) -> None:
         wanted = list(dict.fromkeys(resources))
-        self._require_job(job_id)
 
         def attempt() -> bool | None:
             compares: list[dict[str, Any]] = []

@@ -66,10 +66,32 @@ def etcd_client(conf: JournalConfig) -> EtcdClient:
             from exc
 
 
+def refuse_unfinished_sqlite_jobs(config: Config) -> None:
+    """Moving to etcd with jobs unfinished in SQLite would orphan them: their undo
+    entries (and locks) would be invisible to every etcd controller."""
+    path = config.journal_path()
+    if not os.path.exists(path):
+        return
+    journal = SqliteJournal(path)
+    try:
+        unfinished = [job for job in journal.list_jobs(limit=10_000) if not job.terminal]
+    finally:
+        journal.close()
+    if unfinished:
+        names = ", ".join(f"{job.id} ({job.state})" for job in unfinished[:10])
+        raise RefusedError(
+            f"[journal] backend is etcd, but the SQLite journal {path} still has "
+            f"{len(unfinished)} unfinished job(s): {names}; nothing was changed",
+            hint="finish them on the SQLite journal first (set backend = \"sqlite\", then "
+            "`hotcopy rollback JOB` or `hotcopy resume JOB`), then switch; or move the "
+            "file away once you know they owe nothing")
+
+
 def open_journal(config: Config) -> Journal:
     conf = config.journal
     if conf.backend == "sqlite":
         return SqliteJournal(config.journal_path())
+    refuse_unfinished_sqlite_jobs(config)
     client = etcd_client(conf)
     try:
         client.call("/v3/kv/range", {"key": b64(conf.prefix), "count_only": True})
