@@ -34,6 +34,8 @@ from ..etcd_cluster import EtcdCluster, require_etcd, unique_prefix
 from .conftest import own_sandbox
 from .helpers import hotcopy, leftovers, runtime, wait_for, wait_replicating
 
+pytestmark = pytest.mark.etcd
+
 TTL_S = 3
 
 

@@ -33,6 +33,8 @@ from hotcopy.sandbox.sshd import netns_argv
 from ..etcd_cluster import require_etcd
 from .helpers import hotcopy, wait_for
 
+pytestmark = pytest.mark.etcd
+
 TTL_S = 3
 
 

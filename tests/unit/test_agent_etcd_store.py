@@ -13,6 +13,8 @@ from hotcopy.agent.rails import Pause
 from hotcopy.saga.etcd_client import EtcdClient
 from tests.etcd_cluster import EtcdCluster, unique_prefix
 
+pytestmark = pytest.mark.etcd
+
 
 def store(etcd: EtcdCluster, prefix: str) -> EtcdAgentStore:
     return EtcdAgentStore(EtcdClient(etcd.endpoints, timeout_s=2, rounds=2), "s1",
