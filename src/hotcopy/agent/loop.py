@@ -53,6 +53,8 @@ def operator() -> str:
 
 
 def pid_alive(pid: int | None) -> bool:
+    """A live hotcopy process on this host; a recycled pid running something else is not
+    (the same rule the SQLite journal's claim applies)."""
     if not pid:
         return False
     try:
@@ -60,8 +62,12 @@ def pid_alive(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"hotcopy" in handle.read()
+    except OSError:
+        return False
 
 
 def owner_alive(job: Job, locks: list[LockInfo], *, etcd: bool) -> bool:
