@@ -950,7 +950,8 @@ def _render_agent_status(report: dict[str, Any]) -> None:
     if report["paused"]:
         out_console.print(f"  {escape(report['pause']['text'])}")
     if report.get("master_up") is False:
-        out_console.print(f"[bold red]master {escape(str(report['master']))} is down:[/] "
+        out_console.print(f"[bold red]master {escape(str(report['master'] or '(unknown)'))} "
+                          "is down:[/] "
                           + escape("; ".join(report["master_reasons"])))
     table = Table("replica", "health", "lag", "why")
     for name, replica in sorted(report["replicas"].items()):
@@ -965,6 +966,6 @@ def _render_agent_status(report: dict[str, Any]) -> None:
                           f" at step {job['step']} ({job['step_outcome']})")
     for decision in report["decisions"][:10]:
         stamp = time.strftime("%H:%M:%S", time.gmtime(decision["at"]))
-        out_console.print(f"{stamp} {decision['action']} {escape(str(decision['target']))}"
+        out_console.print(f"{stamp} {decision['action']} {escape(decision['target'] or '-')}"
                           + (f" from {escape(decision['donor'])}" if decision.get("donor")
                              else "") + ": " + escape("; ".join(decision["reasons"])))

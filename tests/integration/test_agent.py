@@ -8,6 +8,7 @@ a sleep: an agent that is merely slow cannot pass for one that decided not to ac
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -130,13 +131,14 @@ def wait_polls(shard: Shard, more: int, timeout: float = 60) -> None:
 
 
 @contextmanager
-def agent(shard: Shard, *extra: str) -> Iterator[Path]:
+def agent(shard: Shard, *extra: str, env: dict[str, str] | None = None) -> Iterator[Path]:
     """`hotcopy agent run` as a real process; SIGTERM and a bounded wait at the end."""
     log = shard.info.directory / f"agent-{len(list(shard.info.directory.glob('agent-*')))}.log"
+    full_env = {k: v for k, v in os.environ.items() if k != "HOTCOPY_FAULT"} | (env or {})
     with log.open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "hotcopy", "agent", "run", "--config",
                                  str(shard.config), *extra], stdout=subprocess.DEVNULL,
-                                stderr=stderr)
+                                stderr=stderr, env=full_env)
     try:
         assert wait_for(lambda: _scrapable(shard) or proc.poll() is not None, 60)
         assert proc.poll() is None, log.read_text()
@@ -214,7 +216,9 @@ def test_broken_replica_is_reseeded_then_the_flap_window_holds(shard: Shard) -> 
         assert wait_for(flap_blocks, 60)
         wait_polls(shard, 3)
         assert [j.id for j in jobs(shard)] == [job.id]
-        (blocked,) = flap_blocks()  # recorded once, not at every poll
+        blocks = flap_blocks()
+        assert len(blocks) == 1, json.dumps(status(shard)["decisions"], indent=1)
+        (blocked,) = blocks  # recorded once, not at every poll
         assert blocked["until"] == pytest.approx(job.created + 3600, abs=30)
         report = status(shard)
         (window,) = report["flap_windows"]
@@ -281,3 +285,77 @@ def test_master_down_no_replica_is_reseeded(shard: Shard) -> None:
             assert metrics(shard)["hotcopy_master_up{}"] == 0
     finally:
         master.start(timeout=120)
+        for name in shard.info.replicas:  # IO threads reconnect on their own retry timer
+            assert wait_for(lambda name=name: _io_running(shard, name), 120), name
+
+
+def _io_running(shard: Shard, name: str) -> bool:
+    from hotcopy.mysql import replication
+
+    status = replication.single_channel(shard.rt.server(name))
+    return status is not None and status.io_running == "Yes"
+
+
+def test_sigterm_mid_reseed_rolls_it_back_and_the_agent_exits_cleanly(shard: Shard) -> None:
+    """What `systemctl stop` does: the running re-seed is rolled back, nothing is left."""
+    from hotcopy.mysql import replication
+
+    from .helpers import leftovers
+
+    # The previous test left replica2 stopped on 1032: give it the row back, by hand.
+    run(shard.rt, "replica2", "INSERT INTO agentdb.t VALUES (3, 3)", "START SLAVE")
+    wait_replicating(shard.rt.server("replica2"), shard.rt.server(shard.info.master))
+    before = {j.id for j in jobs(shard)}
+    hotcopy("agent", "reseed", "--config", str(shard.config), "replica3")
+    with agent(shard) as log:
+        def pulling() -> list[Job]:
+            return [j for j in jobs(shard) if j.id not in before
+                    and any(s.name == "pull" for s in _steps(shard, j.id))]
+
+        assert wait_for(pulling, 120, 0.02), log.read_text()[-3000:]
+        (job,) = pulling()
+        assert job.params["target"] == "replica3"
+    # The agent has exited (the context manager asserted exit code 0) after the rollback.
+    (ended,) = [j for j in jobs(shard) if j.id == job.id]
+    assert ended.state == "rolled-back", ended
+    assert leftovers(shard.info) == []
+    source = replication.single_channel(shard.rt.server(str(ended.params["source"])))
+    assert source is not None and source.sql_running == "Yes"
+    assert_equal_to_master(shard, "replica3")
+    assert any(line.get("event") == "worker-stopping" for line in log_lines(log))
+
+
+def _steps(shard: Shard, job_id: str) -> list[Any]:
+    journal = SqliteJournal(shard.rt.config.journal_path())
+    try:
+        return list(journal.steps(job_id))
+    finally:
+        journal.close()
+
+
+def test_a_dead_controller_s_job_is_taken_over_by_policy(shard: Shard) -> None:
+    """The re-seed's own process SIGKILLed right after the snapshot: the leader finds the
+    job with its owner gone and rolls it back (its transfer had not started)."""
+    from .helpers import leftovers
+
+    before = {j.id for j in jobs(shard)}
+    break_replica(shard, "replica2", 3)
+    with agent(shard, env={"HOTCOPY_FAULT": "kill-after:snapshot"}) as log:
+        def ended() -> list[Job]:
+            return [j for j in jobs(shard) if j.id not in before and j.terminal]
+
+        assert wait_for(ended, 180), log.read_text()[-3000:]
+        (job,) = ended()
+        assert job.params["target"] == "replica2" and job.state == "rolled-back"
+        (takeover,) = [d for d in status(shard)["decisions"] if d.get("job") == job.id]
+        assert takeover["action"] == "rollback"
+        assert "transfer had not started" in " ".join(takeover["reasons"])
+        # Still broken, but re-seeded (attempted) moments ago: the flap window holds.
+        assert wait_for(lambda: any(d["rail"] == "flap-window" for d in
+                                    decisions_for(shard, "replica2", "blocked")), 60)
+        wait_polls(shard, 3)
+        assert {j.id for j in jobs(shard)} == before | {job.id}
+    assert leftovers(shard.info) == []
+    assert any(line.get("event") == "worker-died" for line in log_lines(log))
+    run(shard.rt, "replica2", "INSERT INTO agentdb.t VALUES (3, 103)", "START SLAVE")
+    assert_equal_to_master(shard, "replica2")

@@ -211,3 +211,35 @@ def test_store_leader_key_pause_and_marks_survive_a_reopen(tmp_path: Path) -> No
     assert again.reseeds(NOW - 1) == [ReseedRecord("r1", "r2", "j1", NOW, "committed")]
     assert again.leader(NOW + 17) == ("b", NOW + 26)
     again.close()
+
+
+def test_a_job_owner_is_alive_by_its_lease_else_by_its_pid_on_this_host() -> None:
+    import socket
+    import subprocess
+
+    from hotcopy.agent.loop import owner_alive
+    from hotcopy.saga import Job, JobState, LockInfo
+
+    here = socket.gethostname()
+    live = subprocess.Popen(["sh", "-c", "sleep 30", "hotcopy"])  # a hotcopy-named process
+    other = subprocess.Popen(["sleep", "30"])  # alive, but not hotcopy: a recycled pid
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        def job(host: str, pid: int) -> Job:
+            return Job("j", "clone", JobState.RUNNING, {}, {}, 0.0, 0.0, host, pid)
+
+        def lock(left: float | None) -> LockInfo:
+            return LockInfo("server:r1", "j", "running", here, 1, 0.0, left)
+
+        assert owner_alive(job(here, live.pid), [], etcd=False)
+        assert not owner_alive(job(here, other.pid), [], etcd=False)
+        assert not owner_alive(job(here, dead.pid), [], etcd=False)
+        assert owner_alive(job("elsewhere", 1), [], etcd=False)  # SQLite cannot tell
+        assert not owner_alive(job("elsewhere", 1), [], etcd=True)  # its locks went
+        assert owner_alive(job("elsewhere", 1), [lock(2.0)], etcd=True)
+        assert not owner_alive(job(here, live.pid), [lock(-1.0)], etcd=True)
+    finally:
+        for proc in (live, other):
+            proc.kill()
+            proc.wait()

@@ -91,6 +91,7 @@ class HealthMonitor:
         self._audit = audit or self._crash_safe
         self._error_since: dict[str, tuple[int, float]] = {}
         self._audits: dict[str, tuple[float, bool | None]] = {}
+        self._sizes: dict[str, tuple[float, int]] = {}
 
     def observe(self, marks: Mapping[str, str], now: float | None = None) -> Observation:
         now = time.time() if now is None else now
@@ -162,7 +163,7 @@ class HealthMonitor:
                                   mark=mark)
         server = self.runtime.server(name)
         crash_safe = self._cached_audit(name, now) if state is Health.HEALTHY else None
-        free, used = self._space(name)
+        free, used = self._space(name, now)
         return ReplicaHealth(
             name, state, tuple(reasons), io_running=status.io_running if status else "",
             sql_running=status.sql_running if status else "",
@@ -190,18 +191,23 @@ class HealthMonitor:
             return False, exc.message
         return True, ""
 
-    def _space(self, name: str) -> tuple[int | None, int | None]:
-        """Free bytes where the new datadir goes, and the datadir's size as a donor."""
+    def _space(self, name: str, now: float) -> tuple[int | None, int | None]:
+        """Free bytes where the new datadir goes (each poll: df is cheap), and the
+        datadir's size as a donor (du reads every inode: refreshed with the audit)."""
         executor = self.runtime.executor(name)
         datadir = self.runtime.config.server(name).datadir
         try:
             free = int(executor.run(["df", "--output=avail", "-B1", os.path.dirname(datadir)],
                                     timeout=self.probe_timeout_s).stdout.split()[-1])
+            cached = self._sizes.get(name)
+            if cached is not None and now - cached[0] < self.audit_interval_s:
+                return free, cached[1]
             used = int(executor.run(["du", "-sxb", datadir],
                                     timeout=self.probe_timeout_s * 6).stdout.split()[0])
         except (HotcopyError, ValueError, IndexError) as exc:
             log.warning("free space of %s unknown: %s", name, exc)
             return None, None
+        self._sizes[name] = (now, used)
         return free, used
 
     def _cached_audit(self, name: str, now: float) -> bool | None:
@@ -225,3 +231,4 @@ class HealthMonitor:
         """After a re-seed: the replica's old error and audit describe another datadir."""
         self._error_since.pop(name, None)
         self._audits.pop(name, None)
+        self._sizes.pop(name, None)

@@ -24,7 +24,7 @@ from hotcopy.agent.store import AgentStore
 from hotcopy.config import Config
 from hotcopy.errors import HotcopyError
 from hotcopy.runtime import Runtime
-from hotcopy.saga import Job, JobState, Journal, LockInfo
+from hotcopy.saga import TERMINAL_STATES, Job, JobState, Journal, LockInfo
 from hotcopy.workflows.report import job_report
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ def operator() -> str:
 
 
 def pid_alive(pid: int | None) -> bool:
+    """A live hotcopy process on this host; a recycled pid running something else is not
+    (the same rule the SQLite journal's claim applies)."""
     if not pid:
         return False
     try:
@@ -60,8 +62,12 @@ def pid_alive(pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"hotcopy" in handle.read()
+    except OSError:
+        return False
 
 
 def owner_alive(job: Job, locks: list[LockInfo], *, etcd: bool) -> bool:
@@ -124,6 +130,9 @@ class Agent:
                     self.tick()
                 except HotcopyError as exc:
                     log.error("poll failed: %s", exc.message, extra={"event": "poll-failed"})
+                except Exception as exc:  # a store or server error: never the agent's end
+                    log.error("poll failed: %s", exc, exc_info=True,
+                              extra={"event": "poll-failed"})
                 stop.wait(self.config.agent.interval_s)
         finally:
             self.shutdown()
@@ -152,6 +161,11 @@ class Agent:
         observation = self.monitor.observe(self.store.marks(), now)
         self.metrics.observed(observation)
         jobs = running_jobs(self.journal, etcd=self.config.journal.backend == "etcd")
+        if self.worker is not None and self.worker.job not in {j.id for j in jobs}:
+            # Spawned but its job not journaled yet (or already ended): it still holds
+            # the shard, or a second re-seed could be decided in between.
+            jobs.append(RunningJob(self.worker.job or "(starting)", "clone", "starting",
+                                   self.worker.source, self.worker.target, True))
         made = self._takeovers(jobs, now)
         history = self.store.reseeds(now - max(DAY_S, self.policy.flap_window_s))
         master = observation.replicas.get(observation.master or "")
@@ -186,13 +200,23 @@ class Agent:
                                                      why], now, donor=job.source, job=job.id,
                                 observe_only=self.observe_only)
             made.append(decision)
-            if not self.observe_only and self.worker is None:
+            if not self.observe_only and self.worker is None and self._still_leader():
                 self.worker = worker.spawn(self.config.source_path, action, job=job.id,
                                            source=job.source, target=job.target)
         return made
 
+    def _still_leader(self) -> bool:
+        """Confirmed just before acting: a poll's decisions are only as fresh as its lease."""
+        self.is_leader = self.store.campaign(self.id, self.config.agent.lease_ttl_s,
+                                             self.clock())
+        return self.is_leader
+
     def _start_reseed(self, decision: Decision) -> None:
         assert decision.target is not None and decision.donor is not None
+        if not self._still_leader():
+            log.warning("lost the leadership before re-seeding %s: not acting",
+                        decision.target, extra={"event": "not-leader"})
+            return
         self.worker = worker.spawn(self.config.source_path, "reseed", source=decision.donor,
                                    target=decision.target)
         self.worker.history_row = self.store.record_reseed(
@@ -214,25 +238,31 @@ class Agent:
         running = self.worker
         if running is None:
             return
+        known = running.job
         job_id = self._job_of(running)
         if running.alive:
-            if job_id and running.history_row is not None:
+            if job_id and known is None and running.history_row is not None:
                 self.store.update_reseed(running.history_row, job=job_id, outcome="started")
             return
         self.worker = None
         report = job_report(self.journal, job_id) if job_id else {"state": "failed"}
+        state = str(report.get("state"))
         seconds = self.clock() - running.started
         if running.history_row is not None:
-            self.store.update_reseed(running.history_row, job=job_id,
-                                     outcome=str(report.get("state")))
-        if running.action == "reseed":
+            self.store.update_reseed(running.history_row, job=job_id, outcome=state)
+        if state in {str(s) for s in TERMINAL_STATES}:
             self.metrics.reseed_finished(report, seconds)
+        else:
+            # The worker died with the job unfinished: the next poll takes it over.
+            log.warning("%s of %s: its process ended (exit %s) with job %s %s",
+                        running.action, running.target, running.exit_code, job_id, state,
+                        extra={"event": "worker-died", "job": job_id})
         if running.target:
             self.monitor.forget(running.target)
         log.info("%s of %s (job %s) ended %s after %.0fs", running.action, running.target,
-                 job_id, report.get("state"), seconds,
+                 job_id, state, seconds,
                  extra={"event": "job-finished", "action": running.action, "job": job_id,
-                        "target": running.target, "state": report.get("state"),
+                        "target": running.target, "state": state,
                         "exit_code": running.exit_code, "seconds": round(seconds, 3)})
 
     # -- recording ---------------------------------------------------------------------

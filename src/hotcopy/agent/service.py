@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def open_store(config: Config) -> AgentStore:
+    """The store lives where the journal does: etcd for agents on several hosts."""
+    if config.journal.backend == "etcd":
+        from hotcopy.agent.etcd_store import EtcdAgentStore
+        from hotcopy.saga.factory import etcd_client
+
+        return EtcdAgentStore(etcd_client(config.journal), config.shard.name,
+                              prefix=config.journal.prefix,
+                              lease_ttl_s=config.agent.lease_ttl_s)
     return SqliteAgentStore(config.agent_store_path())
 
 
