@@ -18,7 +18,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
-from hotcopy.errors import CommandError, HotcopyError, MySQLError
+from hotcopy.errors import CommandError, HotcopyError, MySQLError, RefusedError
 from hotcopy.hosts.base import Executor
 from hotcopy.mysql.connection import (
     ER_ACCESS_DENIED,
@@ -259,6 +259,31 @@ class MysqldControl:
             return self.executor.run(["systemctl", "is-active", "--quiet", self.service],
                                      check=False, timeout=30).ok
         return False
+
+    def answers_sql(self) -> bool:
+        """Whether a server accepts the admin account at our address, pid file or not."""
+        try:
+            conn = connect(self.address, self.option_file, connect_timeout=3)
+        except MySQLError as exc:
+            return error_code(exc) == ER_ACCESS_DENIED  # someone answered, and refused us
+        conn.close()
+        return True
+
+    def ensure_stopped_for_real(self) -> None:
+        """Refuse when no mysqld is found by pid, yet one answers at the server's address.
+
+        The pid file is only where *this* defaults file says; a server started with
+        another (or a pid file removed) still owns the datadir, and swapping it under
+        a live mysqld destroys both.
+        """
+        if self.answers_sql():
+            raise RefusedError(
+                f"{self.name}: no mysqld found through the pid file {self.layout.pid_file} "
+                f"(defaults file {self.defaults_file}), yet {self.address.host}:"
+                f"{self.address.port} answers SQL: a server that hotcopy cannot see would "
+                "have its datadir replaced under it",
+                hint="check pid-file in the defaults file (and servers.NAME.service); stop "
+                     "that server yourself if it is the one to re-seed")
 
     def error_log_tail(self, lines: int = ERROR_LOG_LINES) -> str:
         path = self.error_log

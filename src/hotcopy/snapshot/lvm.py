@@ -406,6 +406,20 @@ class LvmBackend:
             log.warning("%s", reason)
         return reason
 
+    def invalid_reason(self, executor: Executor, plan: SnapshotPlan) -> str | None:
+        """Why what was read from the snapshot cannot be trusted (gone or overflowed), now.
+
+        Not rate-limited like check_health: asked once after a transfer that looked
+        successful, since reads after an overflow fail or return what the reader pads.
+        """
+        volume = find_volume(executor, plan.snapshot)
+        where = f"the LVM snapshot {plan.snapshot} on {plan.server}"
+        if volume is None:
+            return f"{where} is gone"
+        if volume.invalid:
+            return f"{where} overflowed and is invalid: the origin changed more than it holds"
+        return None
+
     def _judge(self, plan: SnapshotPlan, volume: Volume | None, percent: float | None,
                last: _Reading | None, now: float) -> str | None:
         where = f"the LVM snapshot {plan.snapshot} on {plan.server}"

@@ -122,6 +122,10 @@ class StreamFailed(HotcopyError):
     pass
 
 
+class SenderFailed(HotcopyError):
+    """The source could not read what it sent: not retried, a second read fails alike."""
+
+
 def tar_size(entries: Sequence[FileEntry]) -> int:
     """Bytes of the tar stream GNU tar writes for these entries (what pv counts)."""
     blocks = 2  # the end-of-archive marker
@@ -294,6 +298,15 @@ class StreamMethod:
                 ["env", marker(request.job_id), "bash", sender, str(index), connect,
                  request.source_path, str(transfer.zstd_level), str(limit), meter_kind,
                  str(transfer.io_timeout_s)], on_line, timeout=request.timeout_s, check=False)
+            if seen["ok"] and result.returncode != 0:
+                # The receiver extracted a whole archive, but GNU tar pads a file it could
+                # not read (EIO: an overflowed snapshot, a checksum error) with zeros and
+                # exits 2: what arrived is not the source's data.
+                why = "; ".join(seen["notes"]) or result.stderr.strip()[-300:]
+                raise SenderFailed(f"stream {index + 1} of {len(groups)}: the sender on "
+                                   f"{request.source} exited {result.returncode} although the "
+                                   f"target received the archive, so files in it may be "
+                                   f"zero-filled: {why}")
             if not seen["ok"]:
                 why = "; ".join(seen["notes"]) or result.stderr.strip()[-300:] or "no answer"
                 refused = target.run(["tail", "-n", "2", f"{handle.params['workdir']}/refused"],

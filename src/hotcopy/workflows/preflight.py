@@ -21,9 +21,9 @@ from hotcopy.mysql.server import Server
 from hotcopy.progress import human_bytes
 from hotcopy.runtime import Runtime
 from hotcopy.saga import Job, Journal
-from hotcopy.snapshot.base import backend_for, inside
+from hotcopy.snapshot.base import backend_for
 from hotcopy.transfer.base import STATIC_EXCLUDES, is_excluded, log_excludes
-from hotcopy.workflows import faults, preflight_servers
+from hotcopy.workflows import faults, preflight_layout, preflight_servers
 
 #: Steps that report progress, so a kill-during fault can fire inside them.
 PROGRESS_STEPS = ("pull", "backup_stream")
@@ -248,6 +248,11 @@ def _check_target_sql(report: Preflight, runtime: Runtime, target: str,
     running = control.is_running()
     report.facts["target_running"] = running
     if not running:
+        try:
+            control.ensure_stopped_for_real()
+        except RefusedError as exc:
+            report.error("target.running", exc.message, exc.hint)
+            return
         report.warn("target.down", f"mysqld on {target} is not running; it will be re-seeded "
                     "and started")
         return
@@ -291,13 +296,18 @@ def _check_source_files(report: Preflight, runtime: Runtime, src: Server, source
         report.error("source.datadir", f"servers.{source}.datadir is {datadir} but the server "
                      f"uses {live}")
         return
-    for variable in ("innodb_log_group_home_dir", "innodb_undo_directory",
-                     "innodb_data_home_dir"):
-        value = str(src.variable(variable) or "")
-        if value and value.startswith("/") and not inside(value, datadir):
-            report.error("source.layout", f"{variable} = {value} lies outside the datadir: "
-                         "InnoDB files split over several places cannot be snapshotted "
-                         "atomically")
+    try:
+        tablespaces = preflight_layout.check_tablespaces(src)
+    except MySQLError as exc:
+        report.warn("source.layout", f"source {source}: cannot list its tablespaces: "
+                    f"{exc.message}")
+        tablespaces = []
+    preflight_layout.check_settings(report, "source", source, executor, datadir,
+                                    preflight_layout.settings_of_server(src), "live value",
+                                    tablespaces)
+    preflight_layout.check_nested(report, "source", source, executor, datadir)
+    if report.errors:
+        return
     try:
         conf = runtime.config.server(source)
         backend = backend_for(executor, datadir, conf.snapshot, conf)
@@ -404,6 +414,15 @@ def _check_target_files(report: Preflight, runtime: Runtime, target: str) -> Non
     else:
         report.facts["target_owner"], report.facts["target_mode"] = "mysql:mysql", "750"
     layout = read_layout(executor, runtime.config.server(target).defaults_file)
+    preflight_layout.check_settings(report, "target", target, executor, datadir,
+                                    preflight_layout.settings_of_defaults(layout.options),
+                                    f"in {layout.defaults_file}")
+    if report.facts.get("target_running"):
+        preflight_layout.check_settings(report, "target", target, executor, datadir,
+                                        preflight_layout.settings_of_server(
+                                            runtime.server(target)), "live value")
+    preflight_layout.check_nested(report, "target", target, executor, datadir)
+    preflight_layout.check_not_mount_point(report, "target", target, executor, datadir)
     if layout.datadir and os.path.normpath(layout.datadir) != os.path.normpath(datadir):
         report.error("target.datadir", f"servers.{target}.datadir is {datadir} but its "
                      f"defaults file says {layout.datadir}")

@@ -155,6 +155,14 @@ def space_reserve(ctx: StepContext) -> int:
     return max(16 * 2**20, min(2**30, margin // 2))
 
 
+class SnapshotUnusable(HotcopyError):
+    """The source's snapshot overflowed or vanished: stop, never retry, never commit."""
+
+
+_OVERFLOW_HINT = ("raise lvm_snapshot_percent / lvm_snapshot_max_gib, or clone when the "
+                  "source writes less")
+
+
 def pull(ctx: StepContext) -> dict[str, Any]:
     method, handle = ctx.live["transfer"]
     assert isinstance(handle, ServerHandle)
@@ -183,20 +191,31 @@ def pull(ctx: StepContext) -> dict[str, Any]:
             if reason:
                 overflow.append(reason)
                 kill_marked(executor, ctx.job_id)
+                # Raised through the transfer's progress callback: not a stream failure
+                # its retry loop would catch; a second read of that snapshot is no better.
+                raise SnapshotUnusable(f"the snapshot on {source} is about to overflow: "
+                                       f"{reason}", hint=_OVERFLOW_HINT)
 
     guard = SpaceGuard(executor, request.destination, space_reserve(ctx),
                        lambda: kill_marked(executor, ctx.job_id), remaining)
     try:
         with guard:
             result = method.pull(ctx.runtime, request, handle, on_progress)
+    except SnapshotUnusable:
+        raise
     except HotcopyError as exc:
         if overflow:
-            raise HotcopyError(f"the snapshot on {source} is about to overflow: {overflow[0]}",
-                               hint="raise lvm_snapshot_percent / lvm_snapshot_max_gib, or "
-                                    "clone when the source writes less") from exc
+            raise SnapshotUnusable(f"the snapshot on {source} is about to overflow: "
+                                   f"{overflow[0]}", hint=_OVERFLOW_HINT) from exc
         if guard.tripped_at is None:
             raise
         raise guard.error(request.target, remaining()) from exc
+    invalid = getattr(load_backend(plan.backend, ctx.runtime.config.server(source)),
+                      "invalid_reason", None)
+    reason = invalid(ctx.runtime.executor(source), plan) if invalid is not None else None
+    if reason:  # the copy looked complete, but what it read may be padding: never commit
+        raise SnapshotUnusable(f"the copy from {source} cannot be trusted: {reason}",
+                               hint=_OVERFLOW_HINT)
     ctx.info(bytes_transferred=result.bytes_transferred, literal_bytes=result.literal_bytes)
     rate = result.literal_bytes / result.seconds / 1e6 if result.seconds else 0
     return {"bytes_transferred": result.bytes_transferred, "literal_bytes": result.literal_bytes,
@@ -218,6 +237,7 @@ def stop_target(ctx: StepContext) -> dict[str, Any]:
     target = ctx.params["target"]
     control = ctx.runtime.mysqld(target)
     if not control.is_running():
+        control.ensure_stopped_for_real()  # a mysqld we cannot see must not lose its datadir
         return {"target_was_running": False, "_detail": "was not running"}
     ctx.push("mysqld.start", {"server": target})
     server = ctx.runtime.server(target)
