@@ -82,6 +82,8 @@ class CloneConfig(_Strict):
     preflush_timeout_s: float = Field(default=3, ge=0)
     catchup_timeout_s: float = Field(default=600, gt=0)
     verify: Literal["checksum", "catchup"] = "checksum"
+    verify_timeout_s: float = Field(default=1800, gt=0,
+                                    description="bound of the checksum phase of verify")
     keep_old_datadir: bool = False
     free_space_margin: float = Field(default=0.10, ge=0, le=5)
     start_timeout_s: float = Field(default=300, gt=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hotcopy.hosts.base import Executor
@@ -81,15 +82,58 @@ def _undo_remove_file(runtime: Runtime, params: Mapping[str, Any]) -> None:
     runtime.executor(params["server"]).run(["rm", "-f", "--", params["path"]])
 
 
+HOLDERS_SCRIPT = Path(__file__).with_name("holders.sh")
+
+
+def holders(executor: Executor, paths: list[str]) -> list[str]:
+    """"PID COMMAND" of every process holding something under paths on the host."""
+    script = HOLDERS_SCRIPT.read_text()
+    return executor.run(["sh", "-c", script, "holders", *paths],
+                        timeout=300).stdout.splitlines()
+
+
+def identity(executor: Executor, path: str) -> str | None:
+    """device:inode of path (a rename keeps it), or None when it does not exist."""
+    result = executor.run(["stat", "-c", "%d:%i", "--", path], check=False)
+    return result.stdout.strip() if result.ok else None
+
+
+class PreconditionFailed(RuntimeError):
+    """An undo that would act on something still in use: recorded failed, not forced."""
+
+
 @undo_action("host.restore_datadir",
              describe="put the original datadir {moved_to} back at {datadir} on {server}")
 def _undo_restore_datadir(runtime: Runtime, params: Mapping[str, Any]) -> None:
-    """Whatever stands at the datadir now is a copy from the source: it can go."""
+    """Whatever stands at the datadir now is a copy from the source: it can go.
+
+    Only when nothing uses either directory: after a failed ``mysqld.stop`` undo the
+    new server still runs on the datadir, and renaming datadirs under it would wreck
+    both. Safe to run again: the original is recognised by its inode (kept by the
+    rename), so a second run that finds it back at the datadir only reports done.
+    """
     executor = runtime.executor(params["server"])
     datadir, moved_to = params["datadir"], params["moved_to"]
+    original = params.get("original_identity")
+    if original and identity(executor, datadir) == original:
+        return  # already moved back (by an earlier run)
     if not executor.exists(moved_to):
         if executor.exists(datadir):
             return  # never moved, or already moved back
         raise RuntimeError(f"neither {datadir} nor {moved_to} exists on {executor.name}")
-    remove_tree(executor, datadir)
-    rename(executor, moved_to, datadir)
+    if runtime.mysqld(params["server"]).is_running():
+        raise PreconditionFailed(f"mysqld still runs on {params['server']}: {datadir} is not "
+                                 f"replaced by {moved_to} under a live server; stop it, then "
+                                 "roll back again")
+    busy = holders(executor, [datadir, moved_to])
+    if busy:
+        raise PreconditionFailed(f"on {executor.name}, {', '.join(busy[:5])} still hold files "
+                                 f"under {datadir} or {moved_to}; nothing was moved: stop "
+                                 "them, then roll back again")
+    if executor.exists(datadir):
+        discard = f"{datadir.rstrip('/')}.hotcopy-discard-{os.urandom(4).hex()}"
+        rename(executor, datadir, discard)  # out of the way first: never rm in place
+        rename(executor, moved_to, datadir)
+        remove_tree(executor, discard)
+    else:
+        rename(executor, moved_to, datadir)

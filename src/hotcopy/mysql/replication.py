@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from hotcopy.errors import HotcopyError
+from hotcopy.errors import HotcopyError, MySQLError
 from hotcopy.mysql.connection import Connection
 from hotcopy.mysql.flavor import Coordinates, Flavor, ReplicaStatus
 from hotcopy.mysql.server import Server
@@ -52,7 +52,41 @@ def record_coordinates(conn: Connection, flavor: Flavor) -> Coordinates:
         gtid=gtid if status.using_gtid != "No" or gtid else "",
         gtid_variable=flavor.gtid_variable(),
         flavor=flavor.name,
+        extra={"using_gtid": status.using_gtid},
     )
+
+
+def _gtid_set(position: str) -> set[str]:
+    return {part.strip() for part in position.split(",") if part.strip()}
+
+
+def verified_gtid(master: Server, coords: Coordinates) -> tuple[Coordinates, str]:
+    """The coordinates to position a new replica with, and a note when they were changed.
+
+    A source that replicates by file/position (Using_Gtid=No) still has a
+    gtid_slave_pos, but nothing keeps it true: set by hand, or left from before a
+    switch to file/position, it can name a point far behind the data. Positioning by
+    it would replay (or skip) transactions. So the master translates the executed
+    file/position (BINLOG_GTID_POS); only a match keeps GTID positioning, anything
+    else falls back to the file/position the data really stands at.
+    """
+    if not coords.gtid or coords.extra.get("using_gtid") != "No":
+        return coords, ""
+    statement = master.flavor.binlog_gtid_pos(coords.master_log_file, coords.master_log_pos)
+    if statement is None:
+        return coords, ""  # MySQL: gtid_executed is kept exact by the server itself
+    try:
+        expected = str(master.scalar(statement) or "")
+    except MySQLError as exc:
+        expected = ""
+        log.warning("BINLOG_GTID_POS on %s failed: %s", master.name, exc.message)
+    if _gtid_set(expected) == _gtid_set(coords.gtid):
+        return coords, ""
+    note = (f"the source replicated by file/position and its {coords.gtid_variable} "
+            f"{coords.gtid} is not the master's GTID at {coords.master_log_file}:"
+            f"{coords.master_log_pos} ({expected or 'none'}): positioned by file/position")
+    log.warning("%s", note)
+    return replace(coords, gtid=""), note
 
 
 def replicas_of(server: Server) -> list[str]:

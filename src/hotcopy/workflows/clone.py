@@ -70,8 +70,10 @@ def _preflight(ctx: StepContext) -> dict[str, Any]:
 
 
 def _lock_job(ctx: StepContext) -> dict[str, Any]:
-    ctx.journal.acquire_locks(ctx.job_id, [f"server:{ctx.params['source']}",
-                                           f"server:{ctx.params['target']}"])
+    # Two fleets may share one journal (etcd): a lock names the shard, not just "db2".
+    shard = ctx.params.get("shard") or ctx.runtime.config.shard.name
+    ctx.journal.acquire_locks(ctx.job_id, [f"server:{shard}/{ctx.params['source']}",
+                                           f"server:{shard}/{ctx.params['target']}"])
     return {}
 
 
@@ -206,6 +208,9 @@ def start(runtime: Runtime, journal: Journal, source: str, target: str,
     runtime.config.server(target)
     faults = Faults.from_environment()  # a bad HOTCOPY_FAULT is refused before any job exists
     job = journal.create_job("clone", {"source": source, "target": target,
+                                       "shard": runtime.config.shard.name,
+                                       "servers": {name: server_identity(runtime, name)
+                                                   for name in (source, target)},
                                        "transfer": transfer,
                                        "pipeline": preflight.pipeline_for(runtime, source),
                                        "config": runtime.config.source_path})
@@ -214,8 +219,38 @@ def start(runtime: Runtime, journal: Journal, source: str, target: str,
     return _execute(ctx, resume=False)
 
 
+def server_identity(runtime: Runtime, name: str) -> dict[str, Any]:
+    """What the job's undo entries act on: where the server is and its datadir."""
+    conf = runtime.config.server(name)
+    return {"host": conf.host, "port": conf.port, "ssh": conf.ssh, "datadir": conf.datadir}
+
+
+def refuse_other_config(runtime: Runtime, job: Job) -> None:
+    """A rollback or resume acts with the config given now: it must name the job's servers.
+
+    Its undo entries say "server replica2", not where replica2 is; a config of another
+    shard (or an edited one) would restart, move and remove things on other hosts.
+    """
+    config = runtime.config
+    shard = job.params.get("shard")
+    if shard is not None and shard != config.shard.name:
+        raise RefusedError(f"job {job.id} belongs to shard {shard}, but "
+                           f"{config.source_path} is shard {config.shard.name}",
+                           hint=f"pass the config the job was started with "
+                                f"({job.params.get('config')}); nothing was changed")
+    for name, recorded in (job.params.get("servers") or {}).items():
+        now = server_identity(runtime, name) if name in config.servers else None
+        if now != recorded:
+            found = "does not name it" if now is None else f"says {now}"
+            raise RefusedError(f"job {job.id} worked on {name} = {recorded}, but "
+                               f"{config.source_path} {found}",
+                               hint=f"pass the config the job was started with "
+                                    f"({job.params.get('config')}); nothing was changed")
+
+
 def resume(runtime: Runtime, journal: Journal, job_id: str, reporter: Reporter) -> Outcome:
     job = journal.get_job(job_id)
+    refuse_other_config(runtime, job)
     if job.terminal:
         raise RefusedError(f"job {job.id} is {job.state}; there is nothing to resume")
     if job.state in (JobState.ROLLING_BACK, JobState.ROLLBACK_INCOMPLETE):
@@ -226,6 +261,7 @@ def resume(runtime: Runtime, journal: Journal, job_id: str, reporter: Reporter) 
 
 def rollback(runtime: Runtime, journal: Journal, job_id: str, reporter: Reporter) -> Outcome:
     job = journal.get_job(job_id)
+    refuse_other_config(runtime, job)
     if job.terminal:
         raise RefusedError(f"job {job.id} is {job.state}; there is nothing to roll back")
     # Refused (OwnerAlive) while another live controller owns the job; the claim is

@@ -1,9 +1,11 @@
-"""Checksum the source and the target at the same time.
+"""Checksum the target while the source is checksummed: they are different hosts.
 
-They are different hosts, each reading its own disk: checksumming one after the
-other (as verification first did) made the source's second replication pause, and
-verification itself, the sum of both instead of the longer of the two. Each side
-runs on its own thread with its own server session; the journal is not touched here.
+Checksumming one after the other made verification take the sum of both. Here the
+target's checksums run on a thread of their own (their own bounded session, see
+``table_checksums``) while the caller checksums the source on its own thread, so the
+caller can restart the source's replication the moment the source's part is done
+(all journal writes stay on the caller's thread). The two meet at a barrier before
+either sends a query: they overlap by construction, not by luck of scheduling.
 """
 
 from __future__ import annotations
@@ -11,63 +13,67 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
-from hotcopy.errors import HotcopyError
-from hotcopy.mysql.checksum import table_checksums
+from hotcopy.mysql.checksum import ChecksumTimeout, table_checksums
 from hotcopy.mysql.server import Server
 
 log = logging.getLogger(__name__)
 
+BARRIER_TIMEOUT_S = 60.0
+JOIN_SLACK_S = 5.0
 
-@dataclass
-class Side:
-    """One server's checksums, when its work started and ended (wall clock), or its error."""
 
-    sums: dict[str, Any] | None = None
-    started: float | None = None
-    ended: float | None = None
-    error: BaseException | None = None
+class BackgroundChecksums:
+    """``with BackgroundChecksums(target, tables, deadline) as other: ...; other.result()``"""
+
+    def __init__(self, server: Server, tables: list[tuple[str, str]], deadline: float) -> None:
+        self.server = server
+        self.tables = tables
+        self.deadline = deadline
+        self.started: float | None = None
+        self.ended: float | None = None
+        self._sums: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+        self._barrier = threading.Barrier(2, timeout=BARRIER_TIMEOUT_S)
+        self._thread = threading.Thread(target=self._work, name=f"checksum-{server.name}",
+                                        daemon=True)
+
+    def _work(self) -> None:
+        try:
+            self._barrier.wait()
+            self.started = time.time()
+            self._sums = table_checksums(self.server, self.tables, deadline=self.deadline)
+        except BaseException as exc:  # handed to the caller's thread by result()
+            self._error = exc
+        finally:
+            self.ended = time.time()
+
+    def __enter__(self) -> BackgroundChecksums:
+        self._thread.start()
+        self._barrier.wait()  # from here on both sides are running
+        return self
+
+    def _join(self) -> None:
+        self._thread.join(max(0.0, self.deadline - time.monotonic()) + JOIN_SLACK_S)
+
+    def result(self) -> dict[str, Any]:
+        """The other server's checksums, once they are done (bounded by the deadline)."""
+        self._join()
+        if self._error is not None:
+            raise self._error
+        if self._sums is None:
+            raise ChecksumTimeout(f"{self.server.name}: the checksums did not finish in time")
+        return self._sums
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # On the caller's error too: the session's own timeouts end the thread by the
+        # deadline, and nothing may still query the target when a rollback starts.
+        self._join()
+        if self._thread.is_alive():
+            log.warning("%s: checksum thread still running past its deadline", self.server.name)
 
     def span(self) -> list[float | None]:
         return [self.started, self.ended]
-
-
-def checksum_both(source: Server, target: Server, tables: list[tuple[str, str]],
-                  timeout_s: float) -> tuple[dict[str, Any], dict[str, Any], dict[str, Side]]:
-    """Checksums of ``tables`` on both servers, computed concurrently.
-
-    Both threads meet at a barrier before either sends a query, so the two are
-    running at once by construction, not by luck of scheduling.
-    """
-    sides = {"source": Side(), "target": Side()}
-    barrier = threading.Barrier(2, timeout=timeout_s)
-
-    def work(name: str, server: Server) -> None:
-        side = sides[name]
-        try:
-            barrier.wait()
-            side.started = time.time()
-            side.sums = table_checksums(server, tables)
-        except BaseException as exc:  # re-raised by the caller's thread
-            side.error = exc
-            barrier.abort()
-        finally:
-            side.ended = time.time()
-
-    threads = [threading.Thread(target=work, args=(name, server), name=f"checksum-{name}",
-                                daemon=True)
-               for name, server in (("source", source), ("target", target))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout_s)
-    for name, side in sides.items():
-        if side.error is not None and not isinstance(side.error, threading.BrokenBarrierError):
-            raise side.error
-        if side.sums is None:
-            raise HotcopyError(f"the {name}'s checksums did not finish in {timeout_s:.0f} s",
-                               hint="raise clone.catchup_timeout_s, or clone.verify = \"catchup\"")
-    assert sides["source"].sums is not None and sides["target"].sums is not None
-    return sides["source"].sums, sides["target"].sums, sides

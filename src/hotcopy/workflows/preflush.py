@@ -49,6 +49,14 @@ def preflush(ctx: StepContext) -> dict[str, Any]:
     if before <= DONE_PAGES:
         return _report(before, before, age_before, age_before, 0.0, "skipped",
                        f"{before} dirty pages, at most {DONE_PAGES}: nothing worth flushing")
+    # MariaDB lowers innodb_max_dirty_pages_pct_lwm along with the pct (to 0 here) and
+    # does not raise it back with it: save it too. Its undo is pushed first, so it runs
+    # last, after the pct is back (the lwm may not exceed the pct).
+    lwm = server.scalar(get_global("innodb_max_dirty_pages_pct_lwm"))
+    if lwm is not None:
+        ctx.push("mysql.set_global", {"server": server.name,
+                                      "variable": "innodb_max_dirty_pages_pct_lwm",
+                                      "value": float(lwm)})
     old = server.scalar(get_global("innodb_max_dirty_pages_pct"))
     ctx.push("mysql.set_global", {"server": server.name, "variable": "innodb_max_dirty_pages_pct",
                                   "value": float(old)})

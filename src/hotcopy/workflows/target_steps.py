@@ -271,7 +271,9 @@ def swap_datadir(ctx: StepContext) -> dict[str, Any]:
     if executor.exists(datadir):
         moved_to = old_datadir_path(ctx)
         ctx.push("host.restore_datadir", {"server": target, "datadir": datadir,
-                                          "moved_to": moved_to})
+                                          "moved_to": moved_to,
+                                          "original_identity": files.identity(executor,
+                                                                              datadir)})
         files.rename(executor, datadir, moved_to)
     else:
         ctx.push("host.remove_tree", {"server": target, "path": datadir})
@@ -320,7 +322,8 @@ def replication_account(ctx: StepContext, coords: Coordinates) -> tuple[str, str
 def change_master(ctx: StepContext) -> dict[str, Any]:
     server = ctx.runtime.server(ctx.params["target"])
     flavor = server.flavor
-    coords = Coordinates.from_dict(ctx.state["coordinates"])
+    coords, note = replication.verified_gtid(master_server(ctx),
+                                             Coordinates.from_dict(ctx.state["coordinates"]))
     user, password = replication_account(ctx, coords)
     server.execute(flavor.stop_replica())
     server.execute(flavor.reset_replica_all())
@@ -331,7 +334,12 @@ def change_master(ctx: StepContext) -> dict[str, Any]:
     server.execute(flavor.start_replica())
     where = (f"GTID {coords.gtid}" if coords.gtid
              else f"{coords.master_log_file}:{coords.master_log_pos}")
-    return {"_detail": f"replicating from {coords.master_host}:{coords.master_port} at {where}"}
+    result: dict[str, Any] = {
+        "positioning": "gtid" if coords.gtid else "file/position",
+        "_detail": f"replicating from {coords.master_host}:{coords.master_port} at {where}"}
+    if note:
+        result["positioning_note"] = note
+    return result
 
 
 def catch_up(ctx: StepContext) -> dict[str, Any]:
