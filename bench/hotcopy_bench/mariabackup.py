@@ -207,6 +207,9 @@ class MariabackupClone:
             "block_commit_log_s": stages.block_commit_log_s,
             "sql_thread_stopped_log_ms": stages.sql_thread_stopped_ms,
             "catchup_s": caught_s,
+            # The target is down from the moment it is stopped until the restored
+            # datadir's mysqld answers: stop_target, move_back and start_target.
+            "target_downtime_ms": (self.marks["start_target"] - self.marks["prepare"]) * 1000,
             "steps_ms": steps_ms,
             "copy_window": [self.marks["start"], self.marks["backup"]],
         }

@@ -82,8 +82,16 @@ def summarize_clone(doc: dict[str, Any], start: float, exited: float) -> dict[st
         "transfer_s": pull_s,
         "transfer_mb_s": literal / pull_s / 1e6 if pull_s else None,
         "catchup_s": doc.get("catchup_s"),
-        "dirty_pages_before": dirty[0] if dirty else None,
-        "dirty_pages_after": dirty[1] if dirty else None,
+        "dirty_pages_before": doc.get("dirty_pages_before", dirty[0] if dirty else None),
+        "dirty_pages_after": doc.get("dirty_pages_after", dirty[1] if dirty else None),
+        # issue 13: the clone's own figures (None from a hotcopy that predates them)
+        "target_downtime_ms": doc.get("target_downtime_ms"),
+        "time_to_caught_up_ms": doc.get("time_to_caught_up_ms"),
+        "verify_ms": doc.get("verify_ms"),
+        "snapshot_drop_ms": doc.get("snapshot_drop_ms"),
+        "buffer_pool_loaded": doc.get("buffer_pool_loaded"),
+        "buffer_pool_loaded_n": (None if doc.get("buffer_pool_loaded") is None
+                                 else int(bool(doc.get("buffer_pool_loaded")))),
         "steps_ms": {name: step.get("ms") for name, step in steps.items()},
         "copy_window": ([pull["started"], pull["ended"]]
                         if pull.get("started") and pull.get("ended") else None),

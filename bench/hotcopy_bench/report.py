@@ -160,6 +160,23 @@ def _preflush(groups: dict[int, dict[str, Group]]) -> str:
                      "end-to-end s (on)", "end-to-end s (off)"], rows)
 
 
+def _downtime(groups: dict[int, dict[str, Group]]) -> str:
+    """Issue 13: the target's downtime, time to a caught-up target, verify apart."""
+    rows = []
+    for size in sorted(groups):
+        for pipeline, g in groups[size].items():
+            if g.get("target_downtime_ms") is None:
+                continue
+            rows.append([stats.size_label(size), pipeline_name(pipeline),
+                         num(g.get("target_downtime_ms"), 0),
+                         num(g.get("time_to_caught_up_ms"), 1, 1e-3),
+                         num(g.get("verify_ms"), 0), num(g.get("snapshot_drop_ms"), 0),
+                         num(g.get("buffer_pool_loaded_n"), 1)])
+    return md_table(["size", "pipeline", "target downtime ms (median)",
+                     "job to caught up s", "verify ms", "snapshot drop ms (off the path)",
+                     "buffer pool list loaded (1 = yes, median of runs)"], rows)
+
+
 def _mariabackup(groups: dict[int, dict[str, Group]]) -> str:
     steps = ["backup", "prepare", "stop_target", "move_back", "start_target", "change_master",
              "catch_up"]
@@ -248,6 +265,7 @@ def render(doc: dict[str, Any]) -> str:
     parts += ["## hotcopy step by step", _steps(groups),
               "## Target start (InnoDB crash recovery) with and without the pre-flush",
               _preflush(groups),
+              "## Target downtime, time to caught up, verification apart", _downtime(groups),
               "## mariabackup step by step", _mariabackup(groups),
               "## Transfer methods", _methods(groups, doc.get("unsupported_methods", {})),
               "## Where the time goes", _where_time_goes(groups, verdicts)]

@@ -211,7 +211,8 @@ def _summary(record: Record) -> str:
     if "e2e_s" in f:
         parts.append(f"e2e {f['e2e_s']:.1f}s")
     for key, unit in (("source_lock_ms", "lock"), ("block_commit_ms", "block_commit"),
-                      ("source_replication_paused_ms", "paused")):
+                      ("source_replication_paused_ms", "paused"),
+                      ("target_downtime_ms", "target down")):
         if f.get(key) is not None:
             parts.append(f"{unit} {f[key]:.0f}ms")
     if f.get("transfer_mb_s"):

@@ -613,11 +613,33 @@ def _render_impact(report: dict[str, Any]) -> None:
         method = report.get("transfer_method")
         out_console.print(f"transferred: {human_bytes(report['bytes_transferred'])}"
                           + (f" with {method}" if method else ""))
+    _render_costs(report)
     coords = report.get("coordinates")
     if coords:
         out_console.print(f"position: {coords['gtid_variable']}={coords['gtid']} "
                           f"({coords['master_log_file']}:{coords['master_log_pos']} on "
                           f"{coords['master_host']}:{coords['master_port']})")
+
+
+def _render_costs(report: dict[str, Any]) -> None:
+    """Issue 13's figures: target downtime, time to caught up, verify, warm, pre-flush."""
+    def ms(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.0f} ms"
+
+    if report.get("time_to_caught_up_ms") is not None or report.get("target_downtime_ms"):
+        out_console.print(f"target downtime: {ms(report.get('target_downtime_ms'))}   "
+                          f"caught up after: {ms(report.get('time_to_caught_up_ms'))}   "
+                          f"verify: {ms(report.get('verify_ms'))}")
+    if report.get("buffer_pool_dump") is not None:
+        loaded = report.get("buffer_pool_loaded")
+        out_console.print("warm target: " + escape(
+            f"buffer pool list {report['buffer_pool_dump']}; "
+            + ("loaded" if loaded else f"not loaded ({report.get('buffer_pool_load_status')})")))
+    if report.get("preflush_outcome") is not None:
+        out_console.print("pre-flush: " + escape(
+            f"dirty pages {report.get('dirty_pages_before')} → "
+            f"{report.get('dirty_pages_after')} ({report['preflush_outcome']}: "
+            f"{report.get('preflush_reason')})"))
 
 
 def _finish(report: dict[str, Any], code: ExitCode, error: HotcopyError | None,

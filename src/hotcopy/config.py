@@ -87,6 +87,12 @@ class CloneConfig(_Strict):
     keep_old_datadir: bool = False
     free_space_margin: float = Field(default=0.10, ge=0, le=5)
     start_timeout_s: float = Field(default=300, gt=0)
+    # Warm target (issue 13): the source's buffer pool list travels with the snapshot.
+    warm_target: bool = True
+    buffer_pool_dump_timeout_s: float = Field(default=10, ge=0, le=600)
+    buffer_pool_dump_pct: int = Field(default=100, ge=1, le=100,
+                                      description="of the source's buffer pool pages")
+    buffer_pool_load_wait_s: float = Field(default=10, ge=0, le=3600)
 
 
 class TransferConfig(_Strict):

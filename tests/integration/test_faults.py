@@ -49,14 +49,17 @@ MARKER = "hotcopy_fault_marker"
 
 STEP_NAMES = [step.name for step in STEPS]
 BOUNDARIES = [(when, name) for name in STEP_NAMES for when in ("before", "after")]
-# Where the snapshot exists and the job can still be resumed with it.
+# Where the snapshot's undo is owed and the job can still be resumed with it: the
+# drop runs in the background from drop_snapshot on, and its undo entries are only
+# marked done once start_target has waited for it.
 SNAPSHOT_HELD = BOUNDARIES[BOUNDARIES.index(("after", "snapshot")):
-                           BOUNDARIES.index(("before", "drop_snapshot")) + 1]
+                           BOUNDARIES.index(("before", "start_target")) + 1]
 # Resume elsewhere too: the source's quiesce group redone with a dead lock session, and
 # the target side after the snapshot is gone (stopped, swapped, started, re-pointed).
-RESUMABLE = [("after", "lock_source"), *SNAPSHOT_HELD, ("after", "drop_snapshot"),
-             ("after", "swap_datadir"), ("after", "start_target"), ("after", "change_master"),
-             ("after", "verify")]
+RESUMABLE = list(dict.fromkeys([
+    ("after", "lock_source"), *SNAPSHOT_HELD, ("after", "drop_snapshot"),
+    ("after", "swap_datadir"), ("after", "start_target"), ("after", "change_master"),
+    ("after", "verify")]))
 
 
 def boundary_id(boundary: tuple[str, str]) -> str:

@@ -32,7 +32,16 @@ from hotcopy.saga import (
 )
 from hotcopy.snapshot import base as snapshot_base
 from hotcopy.transfer import base as transfer_base
-from hotcopy.workflows import backup_steps, preflight, source_steps, target_steps, verify
+from hotcopy.workflows import (
+    backup_steps,
+    overlap,
+    preflight,
+    preflush,
+    source_steps,
+    target_steps,
+    timing,
+    warm,
+)
 from hotcopy.workflows.faults import Faults
 from hotcopy.workflows.runner import Step, StepContext, run_steps
 
@@ -111,7 +120,9 @@ def _commit(ctx: StepContext) -> dict[str, Any]:
 STEPS: list[Step] = [
     Step("preflight", "check both servers, read-only", _preflight),
     Step("lock_job", "take the job lock on source and target", _lock_job),
-    Step("preflush", "flush InnoDB dirty pages on the source", source_steps.preflush, "source"),
+    Step("preflush", "flush InnoDB dirty pages on the source", preflush.preflush, "source"),
+    Step("dump_buffer_pool", "dump the source's buffer pool list for a warm target",
+         warm.dump_buffer_pool, "source"),
     Step("stop_sql_thread", "stop the source's replication SQL thread",
          source_steps.stop_sql_thread, "source"),
     Step("lock_source", "take the backup lock on the source", source_steps.lock_source, "source"),
@@ -124,17 +135,18 @@ STEPS: list[Step] = [
          target_steps.prepare_target),
     Step("serve", "start the transfer server on the source", target_steps.serve, "transfer"),
     Step("pull", "copy the snapshot to the target", target_steps.pull, "transfer"),
-    Step("drop_snapshot", "stop the transfer server and destroy the snapshot",
-         target_steps.drop_snapshot),
-    Step("stop_target", "stop mysqld on the target", target_steps.stop_target),
+    Step("stop_target", "stop mysqld on the target", timing.stop_target),
     Step("swap_datadir", "move the old datadir aside and install the new one",
          target_steps.swap_datadir),
-    Step("start_target", "start mysqld on the target (InnoDB recovery)",
-         target_steps.start_target),
+    Step("drop_snapshot", "stop the transfer server and destroy the snapshot (in the "
+         "background)", overlap.drop_snapshot),
+    Step("start_target", "start mysqld on the target (InnoDB recovery)", overlap.start_target),
     Step("change_master", "point the target at the master at the recorded position",
          target_steps.change_master),
-    Step("catch_up", "wait for the target to catch up", target_steps.catch_up),
-    Step("verify", "compare table checksums of source and target", verify.verify),
+    Step("catch_up", "wait for the target to catch up", timing.catch_up),
+    Step("verify", "compare table checksums of source and target", timing.verify_step),
+    Step("buffer_pool_load", "check the target loaded the source's buffer pool list",
+         warm.check_load),
     Step("crash_safety", "make the new replica crash-safe and audit it", _crash_safety),
     Step("commit", "commit: remove the old datadir", _commit),
 ]
@@ -160,7 +172,8 @@ BACKUP_STEPS: list[Step] = [
          backup_steps.stop_stream, "backup"),
     Step("prepare_backup", "prepare the backup on the target, read its position",
          backup_steps.prepare_backup, "backup"),
-    *_shared("stop_target", "commit"),
+    # No snapshot to drop here.
+    *[step for step in _shared("stop_target", "commit") if step.name != "drop_snapshot"],
 ]
 
 PIPELINES: dict[str, list[Step]] = {"snapshot": STEPS, "backup": BACKUP_STEPS}
@@ -293,6 +306,7 @@ def _execute(ctx: StepContext, *, resume: bool) -> Outcome:
 
 def _roll_back_after(ctx: StepContext, error: HotcopyError) -> Outcome:
     journal, job_id = ctx.journal, ctx.job_id
+    overlap.settle(ctx)  # a snapshot drop still running in the background ends first
     live_lock = ctx.live.pop("lock", None)
     if live_lock is not None:
         live_lock.conn.close()  # the server drops a session's backup lock with the session

@@ -8,7 +8,12 @@ from hotcopy.saga import Job, JobState, Journal
 
 # Step outputs worth showing at the top level of the report.
 _HEADLINE_KEYS = ("source_lock_ms", "source_replication_paused_ms", "bytes_transferred",
-                  "literal_bytes", "catchup_s", "verify_source_paused_ms")
+                  "literal_bytes", "catchup_s", "verify_source_paused_ms",
+                  # issue 13: what the clone cost end to end, and how warm the target is
+                  "target_downtime_ms", "time_to_caught_up_ms", "verify_ms",
+                  "snapshot_drop_ms", "buffer_pool_dump", "buffer_pool_loaded",
+                  "buffer_pool_load_status", "dirty_pages_before", "dirty_pages_after",
+                  "preflush_outcome", "preflush_reason")
 
 #: How often a running copy writes its progress into the journal, for ``show``.
 PROGRESS_JOURNAL_INTERVAL_S = 5.0

@@ -12,58 +12,12 @@ import time
 from typing import Any
 
 from hotcopy.mysql import locks, replication
-from hotcopy.mysql.flavor.base import get_global, set_global
 from hotcopy.snapshot.base import SnapshotPlan, load_backend
 from hotcopy.workflows.runner import StepContext
 
 log = logging.getLogger(__name__)
 
-PREFLUSH_DONE_PAGES = 64
 QUIESCE_STEPS = {"preflush", "stop_sql_thread", "lock_source"}
-
-
-def preflush(ctx: StepContext) -> dict[str, Any]:
-    """Ask InnoDB to flush dirty pages first, so the target's crash recovery is short."""
-    config = ctx.runtime.config.clone
-    if not config.preflush_dirty_pages:
-        return {"_detail": "disabled"}
-    server = ctx.runtime.server(ctx.params["source"])
-    before = int(server.status_variable("Innodb_buffer_pool_pages_dirty") or 0)
-    if before <= PREFLUSH_DONE_PAGES:
-        return {"dirty_pages_before": before, "dirty_pages_after": before,
-                "_detail": f"{before} dirty pages: nothing to do"}
-    # MariaDB lowers innodb_max_dirty_pages_pct_lwm along with the pct (to 0 here) and
-    # does not raise it back with it: save it too. Its undo is pushed first, so it runs
-    # last, after the pct is back (the lwm may not exceed the pct).
-    lwm = server.scalar(get_global("innodb_max_dirty_pages_pct_lwm"))
-    if lwm is not None:
-        ctx.push("mysql.set_global", {"server": server.name,
-                                      "variable": "innodb_max_dirty_pages_pct_lwm",
-                                      "value": float(lwm)})
-    old = server.scalar(get_global("innodb_max_dirty_pages_pct"))
-    ctx.push("mysql.set_global", {"server": server.name, "variable": "innodb_max_dirty_pages_pct",
-                                  "value": float(old)})
-    # At the default innodb_io_capacity (200) the page cleaner takes seconds for a few
-    # thousand pages; let it run at innodb_io_capacity_max for this short while.
-    io_capacity = int(server.scalar(get_global("innodb_io_capacity")))
-    io_capacity_max = int(server.scalar(get_global("innodb_io_capacity_max")))
-    if io_capacity_max > io_capacity:
-        ctx.push("mysql.set_global", {"server": server.name, "variable": "innodb_io_capacity",
-                                      "value": io_capacity})
-        server.execute(set_global("innodb_io_capacity", io_capacity_max))
-    server.execute(set_global("innodb_max_dirty_pages_pct", 0))
-    deadline = time.monotonic() + config.preflush_timeout_s
-    dirty = before
-    lowest, lowest_at = dirty, time.monotonic()
-    while dirty > PREFLUSH_DONE_PAGES and time.monotonic() < deadline:
-        time.sleep(0.1)
-        dirty = int(server.status_variable("Innodb_buffer_pool_pages_dirty") or 0)
-        if dirty < lowest * 0.95:
-            lowest, lowest_at = dirty, time.monotonic()
-        elif time.monotonic() - lowest_at > 1.0:
-            break  # replication dirties pages as fast as they are flushed: good enough
-    return {"dirty_pages_before": before, "dirty_pages_after": dirty,
-            "_detail": f"dirty pages {before} → {dirty}"}
 
 
 def stop_sql_thread(ctx: StepContext) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Step 18: prove the new replica holds the same data as its source.
 
 Both replicas are stopped at the same GTID of the master (START SLAVE UNTIL), every
-table is checksummed on the source, whose replication restarts at once, then on the
-target. The source's replication is paused for the length of its own checksums only,
+table is checksummed on the source, whose replication restarts at once, and at the
+same time on the target (another host: verification takes the longer of the two, not
+their sum). The source's replication is paused for the length of its own checksums only,
 and the whole checksum phase is bounded by clone.verify_timeout_s; on very large
 datasets it can be turned down to a catch-up check (clone.verify = "catchup").
 """
@@ -22,6 +23,7 @@ from hotcopy.mysql.checksum import (
     table_checksums,
 )
 from hotcopy.mysql.server import Server
+from hotcopy.workflows.parallel_checksum import BackgroundChecksums
 from hotcopy.workflows.runner import StepContext
 
 log = logging.getLogger(__name__)
@@ -83,18 +85,21 @@ def verify(ctx: StepContext) -> dict[str, Any]:
         _stop_at(server, goal, deadline)
     checksums_until = time.monotonic() + config.verify_timeout_s
     tables = list_tables(source)
-    try:
-        expected = table_checksums(source, tables, deadline=checksums_until)
-    except ChecksumTimeout as exc:
-        raise _timed_out(exc, config.verify_timeout_s) from exc
-    # The source's part is done: it replicates again now, not after the target's sums.
-    _restart(ctx, source.name)
-    paused_ms = (time.time() - started) * 1000
-    ctx.info(verify_source_paused_ms=paused_ms)
-    try:
-        actual = table_checksums(target, tables, deadline=checksums_until)
-    except ChecksumTimeout as exc:
-        raise _timed_out(exc, config.verify_timeout_s) from exc
+    with BackgroundChecksums(target, tables, checksums_until) as target_sums:
+        source_span = [time.time(), 0.0]
+        try:
+            expected = table_checksums(source, tables, deadline=checksums_until)
+        except ChecksumTimeout as exc:
+            raise _timed_out(exc, config.verify_timeout_s) from exc
+        source_span[1] = time.time()
+        # The source's part is done: it replicates again now, not after the target's sums.
+        _restart(ctx, source.name)
+        paused_ms = (time.time() - started) * 1000
+        ctx.info(verify_source_paused_ms=paused_ms)
+        try:
+            actual = target_sums.result()
+        except ChecksumTimeout as exc:
+            raise _timed_out(exc, config.verify_timeout_s) from exc
     _restart(ctx, target.name)
     differing = differing_tables(expected, actual)
     if differing:
@@ -103,4 +108,5 @@ def verify(ctx: StepContext) -> dict[str, Any]:
                            + ", ".join(differing[:10]))
     return {"verified": "checksum", "tables_checked": len(tables), "verified_at_gtid": goal,
             "verify_source_paused_ms": paused_ms,
+            "checksum_spans": {"source": source_span, "target": target_sums.span()},
             "_detail": f"{len(tables)} tables identical at GTID {goal}"}

@@ -243,6 +243,7 @@ class MariaDB:
     def generated_primary_key_variable(self) -> str | None:
         """MariaDB has no setting that gives new tables a primary key by itself."""
         return None
+
     def tablespace_files(self) -> Statement:
         return ("SELECT NAME AS name, FILENAME AS path "
                 "FROM information_schema.INNODB_SYS_TABLESPACES", ())

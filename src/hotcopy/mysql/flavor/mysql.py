@@ -270,6 +270,7 @@ class MySQL:
     def generated_primary_key_variable(self) -> str | None:
         """8.0.30+: sql_generate_invisible_primary_key gives every new table a key."""
         return "sql_generate_invisible_primary_key" if self.version >= (8, 0, 30) else None
+
     def tablespace_files(self) -> Statement:
         return ("SELECT TABLESPACE_NAME AS name, FILE_NAME AS path "
                 "FROM INFORMATION_SCHEMA.FILES WHERE ENGINE = 'InnoDB'", ())
