@@ -265,6 +265,9 @@ def test_paused_then_observe_only_then_reseed_by_operator(shard: Shard) -> None:
     with agent(shard):
         assert wait_for(lambda: len([j for j in jobs(shard) if j.state == "committed"])
                         == len(before) + 1, 300)
+        # Its process finished (old datadir removed after the commit) and was reaped.
+        assert wait_for(lambda: metrics(shard).get("hotcopy_reseeds_committed_total{}") == 1,
+                        120)
     assert status(shard)["marks"] == {}
     assert_equal_to_master(shard, "replica1")
 

@@ -30,7 +30,7 @@ from hotcopy.saga import Job, JobState
 from hotcopy.saga.etcd_client import EtcdClient
 from hotcopy.saga.etcd_journal import EtcdJournal
 from hotcopy.sandbox import SandboxInfo
-from tests.etcd_cluster import EtcdCluster, require_etcd, unique_prefix
+from tests.etcd_cluster import CuttableLink, EtcdCluster, require_etcd, unique_prefix
 
 from .helpers import hotcopy, leftovers, runtime, sql_thread_running, wait_for, wait_replicating
 
@@ -64,16 +64,22 @@ class Shard:
     def __init__(self, info: SandboxInfo, cluster: EtcdCluster, tmp: Path) -> None:
         self.info = info
         self.prefix = unique_prefix()
-        text = info.config_path.read_text()
-        journal = (f'[journal]\nbackend = "etcd"\nendpoints = {json.dumps(cluster.endpoints)}\n'
-                   f'prefix = "{self.prefix}"\nlease_ttl_s = {TTL_S}\nretry_rounds = 3\n'
-                   "timeout_s = 2\n")
-        text, n = re.subn(r"\[journal\]\npath = [^\n]*\n", journal, text)
-        assert n == 1, "the sandbox config has no [journal] path to replace"
-        self.config = tmp / "etcd.toml"
-        self.config.write_text(text)
+        self.tmp = tmp
+        self.config = self.variant("etcd.toml", cluster.endpoints)
         self.endpoints = cluster.endpoints
         self.rt: Runtime = runtime(info)
+
+    def variant(self, name: str, endpoints: list[str], retry_rounds: int = 3) -> Path:
+        """The sandbox's config with the etcd journal (this test's prefix) instead."""
+        journal = (f'[journal]\nbackend = "etcd"\nendpoints = {json.dumps(endpoints)}\n'
+                   f'prefix = "{self.prefix}"\nlease_ttl_s = {TTL_S}\n'
+                   f"retry_rounds = {retry_rounds}\ntimeout_s = 2\n")
+        text, n = re.subn(r"\[journal\]\npath = [^\n]*\n", journal,
+                          self.info.config_path.read_text())
+        assert n == 1, "the sandbox config has no [journal] path to replace"
+        path = self.tmp / name
+        path.write_text(text)
+        return path
 
     def journal(self) -> EtcdJournal:
         """A reader: reads need no ownership, so it never disturbs the controllers."""
@@ -109,27 +115,31 @@ def rollback(shard: Shard, job_id: str) -> subprocess.CompletedProcess[str]:
 class FrozenClone:
     """``hotcopy clone`` in the background, frozen by SIGSTOP once its transfer began."""
 
-    def __init__(self, shard: Shard, env: dict[str, str] | None = None) -> None:
+    def __init__(self, shard: Shard, env: dict[str, str] | None = None,
+                 config: Path | None = None) -> None:
         self.shard = shard
         self.out = tempfile.TemporaryFile("w+")  # noqa: SIM115  (closed in finish)
         self.err = tempfile.TemporaryFile("w+")  # noqa: SIM115
         full_env = {k: v for k, v in os.environ.items() if k != "HOTCOPY_FAULT"}
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hotcopy", "clone", "--config", str(shard.config),
+            [sys.executable, "-m", "hotcopy", "clone", "--config", str(config or shard.config),
              "--source", SOURCE, "--target", TARGET, "--yes", "--json"],
             stdout=self.out, stderr=self.err, text=True, env=full_env)
         reader = shard.journal()
         found: list[str] = []
         assert wait_for(lambda: bool(found.extend(j.id for j in reader.list_jobs()) or found),
-                        timeout=60, interval=0.05), "the clone created no job"
+                        timeout=60, interval=0.05), f"no job: {self.stderr()[-2000:]}"
         self.job_id = found[0]
         self.reader = reader
 
-    def freeze_in_transfer(self) -> None:
+    def wait_transfer(self) -> None:
         started = wait_for(lambda: any(s.name == "pull" for s in self.reader.steps(self.job_id)),
                            timeout=120, interval=0.02)
         assert started, f"the transfer never began: {self.stderr()[-2000:]}"
+
+    def freeze_in_transfer(self) -> None:
+        self.wait_transfer()
         self.proc.send_signal(signal.SIGSTOP)
         assert self.reader.get_job(self.job_id).state is JobState.RUNNING  # truly mid-clone
 
@@ -266,3 +276,38 @@ def test_a_paused_controller_is_deposed_after_its_lease_and_then_touches_nothing
             if not e.outstanding] == undone
     assert leftovers(shard.info) == []  # it recreated nothing on any host
     assert_restored(shard)
+
+
+@pytest.mark.parametrize("action", ["rollback", "resume"])
+def test_a_controller_cut_off_from_etcd_is_deposed_and_its_late_writes_are_rejected(
+    shard: Shard, cluster: EtcdCluster, action: str,
+) -> None:
+    """Its link to etcd cut during the transfer (the data path still up): it makes no
+    further change, another controller rolls back (or resumes) after the TTL, and when
+    the link comes back its writes are rejected and it exits 3 without touching a host."""
+    link = CuttableLink(cluster.endpoints)
+    try:
+        cut_off = shard.variant("cut-off.toml", link.endpoints, retry_rounds=20)
+        clone = FrozenClone(shard, config=cut_off)
+        clone.wait_transfer()
+        link.cut.set()
+        expected = JobState.ROLLED_BACK if action == "rollback" else JobState.COMMITTED
+        results: list[subprocess.CompletedProcess[str]] = []
+        assert wait_for(lambda: results.append(
+            hotcopy(action, "--config", str(shard.config), clone.job_id, timeout=300))
+            or results[-1].returncode != 2, timeout=6 * TTL_S, interval=0.5)
+        assert results[-1].returncode == 0, results[-1].stderr[-3000:]
+        assert shard.job(clone.job_id).state is expected
+        assert clone.proc.poll() is None, "the cut-off controller should still be retrying"
+        assert_restored(shard)
+        assert leftovers(shard.info) == []  # nothing made by the cut-off one meanwhile
+
+        link.restore()
+        code, stderr = clone.finish()
+        assert code == 3, stderr[-3000:]
+        assert f"job {clone.job_id}: this controller no longer owns it" in stderr
+        assert shard.job(clone.job_id).state is expected
+        assert leftovers(shard.info) == []
+        assert_restored(shard)
+    finally:
+        link.close()

@@ -138,10 +138,19 @@ class Agent:
             self.shutdown()
 
     def shutdown(self) -> None:
-        if self.worker is not None and self.worker.alive:
-            log.warning("stopping: %s of %s is rolled back", self.worker.action,
-                        self.worker.target, extra={"event": "worker-stopping"})
-            self.worker.stop(timeout_s=600)
+        running = self.worker
+        if running is not None and running.alive:
+            job_id = self._job_of(running)
+            if job_id and self.journal.get_job(job_id).state is JobState.COMMITTED:
+                # Past the commit only cleanup is left (the old datadir): let it finish
+                # rather than interrupt it and leave the old datadir behind.
+                log.info("stopping: job %s is committed, waiting for its cleanup", job_id,
+                         extra={"event": "worker-finishing", "job": job_id})
+                running.process.join(600)
+            else:
+                log.warning("stopping: %s of %s is rolled back", running.action,
+                            running.target, extra={"event": "worker-stopping"})
+                running.stop(timeout_s=600)
             self._reap()
         self.store.resign(self.id)
         self.runtime.close()
