@@ -96,7 +96,7 @@ def test_etcd_takeover_is_refused_while_the_lease_lives_and_allowed_after_it_exp
         rival = store.open()
         with pytest.raises(OwnerAlive, match=rf"pid {os.getpid()} on .*lease expires in"):
             rival.claim_job(job.id, "ctl2", 1)
-        owner._stop.set()  # the controller hangs: no more keepalives, nothing revoked
+        owner.lease.hang()  # the controller hangs: no more keepalives, nothing revoked
         deadline = time.monotonic() + 15
         while owner.lease_valid_for() >= owner.margin_s:
             assert time.monotonic() < deadline

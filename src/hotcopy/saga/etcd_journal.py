@@ -39,6 +39,7 @@ from hotcopy.saga.etcd_client import (
     op_get,
     op_put,
 )
+from hotcopy.saga.etcd_lease import LeaseKeeper
 from hotcopy.saga.journal import (
     OUTSTANDING,
     STEP_OUTCOMES,
@@ -93,10 +94,7 @@ class EtcdJournal:
         self._next_seq: dict[str, int] = {}
         self._steps_kv: dict[str, list[KeyValue]] = {}
         self._lock = threading.RLock()
-        self._lease_id = 0
-        self._valid_until = 0.0  # monotonic: the lease is surely alive before this
-        self._stop = threading.Event()
-        self._keeper: threading.Thread | None = None
+        self.lease = LeaseKeeper(client, lease_ttl_s)
         self.where = f"the etcd journal {self.root} at {', '.join(client.endpoints)}"
 
     # plumbing -----------------------------------------------------------------------
@@ -124,38 +122,12 @@ class EtcdJournal:
             raise JournalUnavailable(f"{exc}") from exc
 
     def _ensure_lease(self) -> int:
-        with self._lock:
-            if self._lease_id:
-                return self._lease_id
-            started = time.monotonic()
-            with self._etcd():
-                self._lease_id, ttl = self.client.lease_grant(self.lease_ttl_s)
-            self._valid_until = started + ttl
-            self._keeper = threading.Thread(target=self._keep_alive, daemon=True,
-                                            name=f"etcd-lease-{self._lease_id:x}")
-            self._keeper.start()
-            return self._lease_id
-
-    def _keep_alive(self) -> None:
-        """Renew every third of the TTL; on failure keep trying: our own clock, not etcd,
-        then says how long we may still act (``lease_valid_for``)."""
-        while not self._stop.wait(self.lease_ttl_s / 3):
-            started = time.monotonic()
-            try:
-                ttl = self.client.lease_keepalive(self._lease_id)
-            except EtcdError as exc:
-                log.warning("etcd lease %x not renewed: %s", self._lease_id, exc)
-                continue
-            if ttl <= 0:
-                log.error("etcd lease %x has expired: this controller owns nothing now",
-                          self._lease_id)
-                self._valid_until = 0.0
-                return
-            self._valid_until = started + ttl
+        with self._etcd():
+            return self.lease.ensure()
 
     def lease_valid_for(self) -> float:
         """Seconds this process may still trust its lease, by its own clock."""
-        return self._valid_until - time.monotonic()
+        return self.lease.valid_for()
 
     def _owner_key(self, job_id: str) -> str:
         return self._key("owners", job_id)
@@ -589,21 +561,11 @@ class EtcdJournal:
     def revoke_lease(self) -> None:
         """Give up ownership of everything at once (a clean exit), or let a test play
         "the lease ran out" without waiting for it."""
-        self._stop.set()
-        if self._keeper is not None:
-            self._keeper.join(timeout=self.client.timeout_s * 2)
-        if self._lease_id:
-            try:
-                self.client.lease_revoke(self._lease_id)
-            except EtcdError as exc:
-                log.warning("etcd lease %x not revoked (it expires by itself): %s",
-                            self._lease_id, exc)
-        self._lease_id = 0
-        self._valid_until = 0.0
+        self.lease.revoke()
         self._owned.clear()
 
     def close(self) -> None:
-        if self._lease_id or self._keeper is not None:
+        if self.lease.active:
             self.revoke_lease()
 
     def __enter__(self) -> EtcdJournal:
