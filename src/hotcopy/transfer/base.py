@@ -193,6 +193,14 @@ def marker(job_id: str) -> str:
     return f"{MARKER_VARIABLE}={job_id}"
 
 
+STREAM_MARKER_VARIABLE = "HOTCOPY_TRANSFER_STREAM"
+
+
+def stream_marker(job_id: str, index: int) -> str:
+    """One parallel stream's own mark, beside the job's: a watchdog stops that one only."""
+    return f"{STREAM_MARKER_VARIABLE}={job_id}/{index}"
+
+
 @dataclass(frozen=True)
 class FileEntry:
     path: str  # relative to the transfer root
@@ -338,6 +346,12 @@ echo "still running: $pids" >&2; exit 1
 def kill_marked(executor: Executor, job_id: str) -> None:
     """SIGTERM, then SIGKILL, every process of this job's transfer on a host; idempotent."""
     executor.run(["sh", "-c", _KILL_MARKED, "kill-marked", marker(job_id)], timeout=60)
+
+
+def kill_stream(executor: Executor, job_id: str, index: int) -> None:
+    """As kill_marked, for the processes of one parallel stream only."""
+    executor.run(["sh", "-c", _KILL_MARKED, "kill-marked", stream_marker(job_id, index)],
+                 timeout=60)
 
 
 def empty_directory(executor: Executor, path: str) -> None:

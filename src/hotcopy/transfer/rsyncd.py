@@ -38,6 +38,7 @@ from hotcopy.transfer.base import (
     candidate_ports,
     encode_list,
     kill_marked,
+    kill_stream,
     list_tree,
     marker,
     parse_int,
@@ -45,6 +46,7 @@ from hotcopy.transfer.base import (
     run_parallel,
     shippable,
     split_balanced,
+    stream_marker,
 )
 
 log = logging.getLogger(__name__)
@@ -139,7 +141,8 @@ def run_clients(executor: Executor, request: TransferRequest, commands: Sequence
     """rsync clients in parallel, each retried on its own (it resumes its partial files).
 
     Each carries the job's marker in its environment, so a rollback finds it by that.
-    A client that made no progress for ``stall_timeout_s`` is stopped and retried: on a
+    A client that made no progress for ``stall_timeout_s`` is stopped (it alone, by its
+    stream's own marker; the others go on) and retried: on a
     silently cut link the receiving rsync keeps writing keepalives into its socket
     buffer, so its own --timeout may not fire until TCP gives up, many minutes later.
     """
@@ -162,10 +165,11 @@ def run_clients(executor: Executor, request: TransferRequest, commands: Sequence
             watcher = threading.Thread(
                 target=_watch_for_stall, name=f"stall-watch-{index}", daemon=True,
                 args=(finished, stalled, last_activity, stall_timeout_s,
-                      functools.partial(kill_marked, executor, request.job_id)))
+                      functools.partial(kill_stream, executor, request.job_id, index)))
             watcher.start()
             try:
-                result = executor.stream(["env", marker(request.job_id), *argv], on_line,
+                result = executor.stream(["env", marker(request.job_id),
+                                          stream_marker(request.job_id, index), *argv], on_line,
                                          timeout=request.timeout_s)
             except CommandError as exc:
                 if (cancelled.is_set() or attempt > request.retries
