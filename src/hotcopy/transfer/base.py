@@ -56,6 +56,21 @@ def log_excludes(datadir: str, basenames: Iterable[str | None]) -> list[str]:
     return patterns
 
 
+def file_excludes(datadir: str, files: Iterable[str | None]) -> list[str]:
+    """Exclude patterns for single files (custom master_info_file, relay_log_info_file,
+    log_bin_index, relay_log_index names) that lie in the datadir: the source's own
+    replication state must never arrive on the target under a name we did not expect."""
+    patterns: list[str] = []
+    for name in files:
+        if not name:
+            continue
+        path = name if name.startswith("/") else os.path.join(datadir, name)
+        rel = os.path.relpath(os.path.normpath(path), os.path.normpath(datadir))
+        if not rel.startswith("..") and rel != ".":
+            patterns.append(f"/{rel}")
+    return patterns
+
+
 def is_excluded(relpath: str, patterns: Iterable[str]) -> bool:
     """Match a datadir-relative path the way rsync's anchored patterns do (for sizing)."""
     rel = relpath.lstrip("/")

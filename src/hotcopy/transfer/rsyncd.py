@@ -52,6 +52,10 @@ from hotcopy.transfer.base import (
 log = logging.getLogger(__name__)
 
 MODULE = "hotcopy"
+#: Client options the daemon refuses: they follow symlinks out of the snapshot, or delete
+#: on the sending side. hotcopy's own client uses none of them.
+REFUSED_OPTIONS = ("copy-links", "copy-unsafe-links", "copy-dirlinks", "keep-dirlinks",
+                   "remove-source-files", "munge-links")
 # rsync exit codes worth a retry: the network or the peer went away, not our request.
 RETRYABLE = {5, 10, 12, 30, 35}
 _PROGRESS = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s+([\d.]+)([kKMGT]?B)/s")
@@ -251,6 +255,9 @@ class RsyncDaemon:
             "    hosts deny = *",
             "    timeout = 300",
             f"    exclude = {excludes}",
+            # The daemon runs as root without a chroot: a client option that follows
+            # symlinks would send whatever a link in the datadir points at (/etc/shadow).
+            f"    refuse options = {' '.join(REFUSED_OPTIONS)}",
             "",
         ])
 
