@@ -22,7 +22,7 @@ from hotcopy.progress import human_bytes
 from hotcopy.runtime import Runtime
 from hotcopy.saga import Job, Journal
 from hotcopy.snapshot.base import backend_for
-from hotcopy.transfer.base import STATIC_EXCLUDES, is_excluded, log_excludes
+from hotcopy.transfer.base import STATIC_EXCLUDES, file_excludes, is_excluded, log_excludes
 from hotcopy.workflows import faults, preflight_layout, preflight_servers
 
 #: Steps that report progress, so a kill-during fault can fire inside them.
@@ -326,6 +326,9 @@ def _check_source_files(report: Preflight, runtime: Runtime, src: Server, source
         return
     excludes = list(STATIC_EXCLUDES) + log_excludes(
         datadir, [src.variable("log_bin_basename"), src.variable("relay_log_basename")])
+    excludes += file_excludes(datadir, [_variable_or_none(src, name) for name in
+                                        ("master_info_file", "relay_log_info_file",
+                                         "log_bin_index", "relay_log_index")])
     report.facts["excludes"] = excludes
     listing = executor.run(["find", datadir, "-xdev", "-type", "f", "-printf", r"%P\t%s\n"],
                            timeout=600).stdout
@@ -337,6 +340,15 @@ def _check_source_files(report: Preflight, runtime: Runtime, src: Server, source
             files += 1
     report.facts["ship_bytes"] = total
     report.facts["ship_files"] = files
+
+
+def _variable_or_none(server: Server, name: str) -> str | None:
+    """A server variable that may not exist in this flavor/version."""
+    try:
+        value = server.variable(name)
+    except MySQLError:
+        return None
+    return None if value is None else str(value)
 
 
 def pipeline_for(runtime: Runtime, source: str) -> str:
