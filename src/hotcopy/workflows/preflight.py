@@ -252,6 +252,7 @@ def _check_target_sql(report: Preflight, runtime: Runtime, target: str,
             return
         report.warn("target.down", f"mysqld on {target} is not running; it will be re-seeded "
                     "and started")
+        _check_stopped_target_version(report, control.binary_version(), target)
         return
     tgt = runtime.server(target)
     if not _reachable(report, tgt, "target"):
@@ -269,6 +270,21 @@ def _check_target_sql(report: Preflight, runtime: Runtime, target: str,
     if src_version.split(".")[:2] != tgt_version.split(".")[:2]:
         report.error("versions", f"source runs {src_version} but target runs {tgt_version}; "
                      "a datadir only moves between servers of the same major.minor version")
+
+
+def _check_stopped_target_version(report: Preflight, version: str | None, target: str) -> None:
+    """A stopped target has no SQL to ask: its binary says what would start the copy."""
+    src_version = str(report.facts.get("source_version", ""))
+    if version is None:
+        report.error("versions", f"target {target} is stopped and its server binary gave no "
+                     "version (`--version`): the copy might not start there",
+                     hint=f"check servers.{target}.mysqld in the config")
+        return
+    report.facts["target_version"] = version
+    if src_version.split(".")[:2] != version.split(".")[:2]:
+        report.error("versions", f"source runs {src_version} but target {target}'s server "
+                     f"binary is {version}; a datadir only moves between servers of the same "
+                     "major.minor version")
 
 
 _MISSING_TOOLS = 'for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || echo "$tool"; done'
