@@ -345,14 +345,19 @@ def _check_source_files(report: Preflight, runtime: Runtime, src: Server, source
     report.facts["excludes"] = excludes
     listing = executor.run(["find", datadir, "-xdev", "-type", "f", "-printf", r"%P\t%s\n"],
                            timeout=600).stdout
-    total = files = 0
+    total = files = everything = 0
     for line in listing.splitlines():
         rel, _, size = line.rpartition("\t")
+        if rel:
+            everything += int(size)
         if rel and not is_excluded(rel, excludes):
             total += int(size)
             files += 1
     report.facts["ship_bytes"] = total
     report.facts["ship_files"] = files
+    # zfs send/recv copies the whole dataset, binlogs and relay logs included (the
+    # target drops them afterwards): the space it needs is that of everything.
+    report.facts["dataset_bytes"] = everything
 
 
 def _variable_or_none(server: Server, name: str) -> str | None:
@@ -453,6 +458,8 @@ def _check_target_files(report: Preflight, runtime: Runtime, target: str) -> Non
                      f"defaults file says {layout.datadir}")
     avail = int(executor.run(["df", "--output=avail", "-B1", parent]).stdout.split()[-1])
     data = int(report.facts.get("ship_bytes", 0))
+    if report.facts.get("snapshot_backend") == "zfs":
+        data = max(data, int(report.facts.get("dataset_bytes", 0)))
     need = int(data * (1 + runtime.config.clone.free_space_margin))
     report.facts["target_free_bytes"] = avail
     if avail < need:
