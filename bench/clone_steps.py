@@ -1,11 +1,13 @@
 """Per-step figures of issue 13's mechanisms, as ratios within one run (one sandbox).
 
     sudo .venv/bin/python -m bench.clone_steps                 # own sandbox, 1 run each
-    sudo .venv/bin/python -m bench.clone_steps --rows 200000 --runs 3
+    sudo .venv/bin/python -m bench.clone_steps --rows 200000 --runs 3 --drop-caches
 
-For each run, clones replica1 onto replica2 twice: cold (``warm_target = false``) and
-warm (the default), both with checksum verification, then reads the target's hot table
-right after each clone. Reported per clone, from its own ``--json`` report:
+For each run, clones replica1 onto replica2 three times: cold (``warm_target = false``)
+and warm (the default), both with ``verify = "catchup"`` (checksums read every table
+on the target and refill its buffer pool), then warm with checksum verification (the
+default config); it reads the target's hot table right after each clone. Reported per
+clone, from its own ``--json`` report:
 
 - the target's downtime, the time to a caught-up target, verify's cost;
 - the snapshot drop: how long it took, and how much of it the target's start had to
@@ -14,7 +16,9 @@ right after each clone. Reported per clone, from its own ``--json`` report:
   time (the serial time would be their sum);
 - the pre-flush: dirty pages before and after, and why it stopped;
 - warm vs cold: whether the buffer pool list loaded, and the target's point-read
-  latency (p50/p99 over 2,000 primary-key reads of the hot table) just after.
+  latency (p50/p99 over 2,000 primary-key reads of the hot table) just after; with
+  ``--drop-caches`` the OS page cache is dropped first (else the just-copied files
+  are in memory and a cold buffer pool barely shows).
 
 These are figures from one shared machine: compare them with each other, not across
 machines. Results go to stdout and bench/results/clone_steps.json.
@@ -113,7 +117,8 @@ def _figures(report: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def run(info: SandboxInfo, rows: int, runs: int, workdir: Path) -> dict[str, Any]:
+def run(info: SandboxInfo, rows: int, runs: int, workdir: Path,
+        drop_caches: bool) -> dict[str, Any]:
     rt = Runtime(load_config(info.config_path))
     seed(info.address(info.master), rt.config.mysql.option_file, rows)
     _sql(info, info.master, f"DROP DATABASE IF EXISTS {HOT}", f"CREATE DATABASE {HOT}",
@@ -122,22 +127,32 @@ def run(info: SandboxInfo, rows: int, runs: int, workdir: Path) -> dict[str, Any
     for name in info.replicas:
         replication.wait_caught_up(rt.server(name), rt.server(info.master), timeout_s=600)
     configs = {}
-    for mode, extra in (("cold", "[clone]\nwarm_target = false\n"), ("warm", "")):
+    # Checksum verification reads every table on the target and so refills its buffer
+    # pool: warm vs cold is measured with verify = "catchup", verification apart.
+    for mode, extra in (("cold", '[clone]\nwarm_target = false\nverify = "catchup"\n'),
+                        ("warm", '[clone]\nverify = "catchup"\n'), ("checksum", "")):
         configs[mode] = workdir / f"{mode}.toml"
         configs[mode].write_text(info.config_path.read_text() + "\n" + extra)
     results: list[dict[str, Any]] = []
     for n in range(1, runs + 1):
-        for mode in ("cold", "warm"):
+        for mode in ("cold", "warm", "checksum"):
             _sql(info, "replica1", f"SELECT COUNT(*), SUM(LENGTH(pad)) FROM {HOT}.hot")
             report = _clone(info, configs[mode])
             figures = _figures(report, _outputs(report, info))
+            if drop_caches:
+                # The copy just wrote the target's files through the page cache: without
+                # this, a "cold" buffer pool reads from memory and warm vs cold is moot.
+                subprocess.run(["sync"], check=True, timeout=600)
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
             figures["target_read"] = _read_latency(info, "replica2", rows)
+            figures["target_read_after_drop_caches"] = drop_caches
             figures.update(run=n, mode=mode, job=report["job"])
             results.append(figures)
             print(json.dumps({k: v for k, v in figures.items() if k != "steps_ms"},
                              default=str), flush=True)
     rt.close()
-    return {"rows": rows, "runs": runs, "results": results, "finished": time.time()}
+    return {"rows": rows, "runs": runs, "drop_caches": drop_caches, "results": results,
+            "finished": time.time()}
 
 
 def main() -> None:
@@ -145,13 +160,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000,
                         help="rows of the seed tables and of the hot table")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="drop the OS page cache before the target's reads (root)")
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     parent = Path(tempfile.mkdtemp(prefix="hotcopy-clone-steps-"))
     parent.chmod(0o755)
     try:
         info = up(parent / "sandbox")
-        document = run(info, options.rows, options.runs, parent)
+        document = run(info, options.rows, options.runs, parent, options.drop_caches)
     finally:
         try:
             down(parent / "sandbox")

@@ -8,6 +8,10 @@ journal's step times, never against a clock budget.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ from .helpers import (
     leftovers,
     mark_local,
     runtime,
+    wait_for,
     wait_replicating,
 )
 
@@ -153,13 +158,13 @@ def _session_scalar(info: SandboxInfo, name: str, sql: str) -> Any:
 def test_clone_reports_downtime_catch_up_verify_and_preflush(
         shard: tuple[SandboxInfo, Runtime]) -> None:
     info, _ = shard
-    # Dirty a few thousand pages of the source just before the clone, so the
-    # pre-flush has work (a local table: the master and the target never see it).
     _sql(info, SOURCE, f"DROP DATABASE IF EXISTS {LOCAL}", f"CREATE DATABASE {LOCAL}",
          f"CREATE TABLE {LOCAL}.t (id INT PRIMARY KEY, pad CHAR(200) NOT NULL) ENGINE=InnoDB",
-         f"INSERT INTO {LOCAL}.t SELECT seq, 'x' FROM {LOCAL}.seq_1_to_30000",
-         f"UPDATE {LOCAL}.t SET pad = REPEAT('y', 200)", local=True)
-    proc, report = clone_json(info, SOURCE, TARGET)
+         f"INSERT INTO {LOCAL}.t SELECT seq, 'x' FROM {LOCAL}.seq_1_to_60000", local=True)
+    # The clone stops itself (SIGSTOP) just before its pre-flush; the source's pages are
+    # dirtied then (a local table: the master never sees it) and the clone continues at
+    # once, so the pre-flush finds them dirty whatever the page cleaner did before.
+    proc, report = _clone_dirtying_first(info)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert report["state"] == "committed"
 
@@ -206,6 +211,36 @@ def test_clone_reports_downtime_catch_up_verify_and_preflush(
     text = _show_text(info, report["job"])
     assert "target downtime:" in text and "caught up after:" in text and "verify:" in text
     assert "pre-flush: dirty pages" in text
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except FileNotFoundError:
+        return False
+
+
+def _clone_dirtying_first(info: SandboxInfo) -> tuple[subprocess.CompletedProcess[str],
+                                                       dict[str, Any]]:
+    env = {k: v for k, v in os.environ.items() if k != "HOTCOPY_FAULT"}
+    env["HOTCOPY_FAULT"] = "pause-before:preflush"
+    child = subprocess.Popen([sys.executable, "-m", "hotcopy", "clone", "--config",
+                              str(info.config_path), "--source", SOURCE, "--target", TARGET,
+                              "--yes", "--json"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert wait_for(lambda: _stopped(child.pid) or child.poll() is not None,
+                        timeout=120, interval=0.05), "the clone never reached the pre-flush"
+        assert child.poll() is None, "the clone ended before its pre-flush"
+        _sql(info, SOURCE, f"UPDATE {LOCAL}.t SET pad = REPEAT('y', 200)", local=True)
+        os.kill(child.pid, signal.SIGCONT)
+        out, err = child.communicate(timeout=600)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
+    return proc, json.loads(out) if out.strip() else {}
 
 
 def _steps_outputs(info: SandboxInfo, job: str) -> list[dict[str, Any]]:

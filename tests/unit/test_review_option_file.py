@@ -55,3 +55,18 @@ def test_an_unreadable_file_or_a_broken_header_is_a_config_error(tmp_path: Path)
         read_client_options(str(tmp_path / "missing.cnf"))
     with pytest.raises(ConfigError, match="line 1"):
         read_client_options(write(tmp_path / "bad.cnf", "[client\nuser=x\n"))
+
+
+def test_the_group_given_to_mariabackup_holds_the_account_only(tmp_path: Path) -> None:
+    """What the backup tool reads (checked with the real my_print_defaults) is the account."""
+    import subprocess
+
+    from hotcopy.mysql.option_file import render_client_group
+
+    name = write(tmp_path / "admin.cnf", '[client]\nuser=admin\npassword="p\\\\q\\"x"\n'
+                 "socket=/run/mysqld/mysqld.sock\nhost=localhost\n")
+    rendered = tmp_path / "tool.cnf"
+    rendered.write_bytes(render_client_group(name))
+    out = subprocess.run(["my_print_defaults", f"--defaults-file={rendered}", "client"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == ["--user=admin", '--password=p\\q"x']

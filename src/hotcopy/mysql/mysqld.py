@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -190,6 +191,12 @@ def read_layout(executor: Executor, defaults_file: str) -> ServerLayout:
     return layout_from_options(defaults_file, options, hostname)
 
 
+def parse_binary_version(output: str) -> str | None:
+    """"mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for ..." -> "10.11.19-MariaDB-0+deb12u1"."""
+    match = re.search(r"\bVer\s+(\d+\.\d+\.\d+\S*)", output)
+    return match.group(1) if match else None
+
+
 class MysqldControl:
     """Start, stop and observe one mysqld, either through systemd or directly.
 
@@ -259,6 +266,11 @@ class MysqldControl:
             return self.executor.run(["systemctl", "is-active", "--quiet", self.service],
                                      check=False, timeout=30).ok
         return False
+
+    def binary_version(self) -> str | None:
+        """The version of the server binary this host would start (``mariadbd --version``)."""
+        result = self.executor.run([self.binary, "--version"], check=False, timeout=30)
+        return parse_binary_version(result.stdout) if result.ok else None
 
     def answers_sql(self) -> bool:
         """Whether a server accepts the admin account at our address, pid file or not."""

@@ -151,3 +151,27 @@ def _value(text: str) -> str:
         out.append(text[i])
         i += 1
     return "".join(out).rstrip()
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_client_group(path: str) -> bytes:
+    """The account of path as a ``[client]`` group of its own, for a tool's option file.
+
+    What a tool such as mariabackup gets is what hotcopy itself uses: user, password and
+    TLS paths, never a stray socket= or host= from the operator's file.
+    """
+    options = read_client_options(path)
+    lines = ["[client]"]
+    if options.user:
+        lines.append(f"user = {_quoted(options.user)}")
+    if options.password:
+        lines.append(f"password = {_quoted(options.password)}")
+    for key, name in SSL_PATH_KEYS.items():
+        if options.ssl.get(name):
+            lines.append(f"{key} = {_quoted(str(options.ssl[name]))}")
+    if options.ssl.get("check_hostname"):
+        lines.append("ssl-verify-server-cert")
+    return ("\n".join(lines) + "\n").encode()

@@ -52,7 +52,8 @@ def record_coordinates(conn: Connection, flavor: Flavor) -> Coordinates:
         gtid=gtid if status.using_gtid != "No" or gtid else "",
         gtid_variable=flavor.gtid_variable(),
         flavor=flavor.name,
-        extra={"using_gtid": status.using_gtid},
+        extra={"using_gtid": status.using_gtid,
+               "replication_options": flavor.replication_options(rows[0])},
     )
 
 

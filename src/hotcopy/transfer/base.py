@@ -56,6 +56,21 @@ def log_excludes(datadir: str, basenames: Iterable[str | None]) -> list[str]:
     return patterns
 
 
+def file_excludes(datadir: str, files: Iterable[str | None]) -> list[str]:
+    """Exclude patterns for single files (custom master_info_file, relay_log_info_file,
+    log_bin_index, relay_log_index names) that lie in the datadir: the source's own
+    replication state must never arrive on the target under a name we did not expect."""
+    patterns: list[str] = []
+    for name in files:
+        if not name:
+            continue
+        path = name if name.startswith("/") else os.path.join(datadir, name)
+        rel = os.path.relpath(os.path.normpath(path), os.path.normpath(datadir))
+        if not rel.startswith("..") and rel != ".":
+            patterns.append(f"/{rel}")
+    return patterns
+
+
 def is_excluded(relpath: str, patterns: Iterable[str]) -> bool:
     """Match a datadir-relative path the way rsync's anchored patterns do (for sizing)."""
     rel = relpath.lstrip("/")
@@ -191,6 +206,14 @@ MARKER_VARIABLE = "HOTCOPY_TRANSFER"
 
 def marker(job_id: str) -> str:
     return f"{MARKER_VARIABLE}={job_id}"
+
+
+STREAM_MARKER_VARIABLE = "HOTCOPY_TRANSFER_STREAM"
+
+
+def stream_marker(job_id: str, index: int) -> str:
+    """One parallel stream's own mark, beside the job's: a watchdog stops that one only."""
+    return f"{STREAM_MARKER_VARIABLE}={job_id}/{index}"
 
 
 @dataclass(frozen=True)
@@ -338,6 +361,12 @@ echo "still running: $pids" >&2; exit 1
 def kill_marked(executor: Executor, job_id: str) -> None:
     """SIGTERM, then SIGKILL, every process of this job's transfer on a host; idempotent."""
     executor.run(["sh", "-c", _KILL_MARKED, "kill-marked", marker(job_id)], timeout=60)
+
+
+def kill_stream(executor: Executor, job_id: str, index: int) -> None:
+    """As kill_marked, for the processes of one parallel stream only."""
+    executor.run(["sh", "-c", _KILL_MARKED, "kill-marked", stream_marker(job_id, index)],
+                 timeout=60)
 
 
 def empty_directory(executor: Executor, path: str) -> None:

@@ -38,6 +38,7 @@ from hotcopy.transfer.base import (
     candidate_ports,
     encode_list,
     kill_marked,
+    kill_stream,
     list_tree,
     marker,
     parse_int,
@@ -45,11 +46,16 @@ from hotcopy.transfer.base import (
     run_parallel,
     shippable,
     split_balanced,
+    stream_marker,
 )
 
 log = logging.getLogger(__name__)
 
 MODULE = "hotcopy"
+#: Client options the daemon refuses: they follow symlinks out of the snapshot, or delete
+#: on the sending side. hotcopy's own client uses none of them.
+REFUSED_OPTIONS = ("copy-links", "copy-unsafe-links", "copy-dirlinks", "keep-dirlinks",
+                   "remove-source-files", "munge-links")
 # rsync exit codes worth a retry: the network or the peer went away, not our request.
 RETRYABLE = {5, 10, 12, 30, 35}
 _PROGRESS = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s+([\d.]+)([kKMGT]?B)/s")
@@ -139,7 +145,8 @@ def run_clients(executor: Executor, request: TransferRequest, commands: Sequence
     """rsync clients in parallel, each retried on its own (it resumes its partial files).
 
     Each carries the job's marker in its environment, so a rollback finds it by that.
-    A client that made no progress for ``stall_timeout_s`` is stopped and retried: on a
+    A client that made no progress for ``stall_timeout_s`` is stopped (it alone, by its
+    stream's own marker; the others go on) and retried: on a
     silently cut link the receiving rsync keeps writing keepalives into its socket
     buffer, so its own --timeout may not fire until TCP gives up, many minutes later.
     """
@@ -162,10 +169,11 @@ def run_clients(executor: Executor, request: TransferRequest, commands: Sequence
             watcher = threading.Thread(
                 target=_watch_for_stall, name=f"stall-watch-{index}", daemon=True,
                 args=(finished, stalled, last_activity, stall_timeout_s,
-                      functools.partial(kill_marked, executor, request.job_id)))
+                      functools.partial(kill_stream, executor, request.job_id, index)))
             watcher.start()
             try:
-                result = executor.stream(["env", marker(request.job_id), *argv], on_line,
+                result = executor.stream(["env", marker(request.job_id),
+                                          stream_marker(request.job_id, index), *argv], on_line,
                                          timeout=request.timeout_s)
             except CommandError as exc:
                 if (cancelled.is_set() or attempt > request.retries
@@ -247,6 +255,9 @@ class RsyncDaemon:
             "    hosts deny = *",
             "    timeout = 300",
             f"    exclude = {excludes}",
+            # The daemon runs as root without a chroot: a client option that follows
+            # symlinks would send whatever a link in the datadir points at (/etc/shadow).
+            f"    refuse options = {' '.join(REFUSED_OPTIONS)}",
             "",
         ])
 

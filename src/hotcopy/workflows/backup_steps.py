@@ -32,6 +32,7 @@ from hotcopy.hosts.processes import process_alive
 from hotcopy.mysql import backup_tool, replication
 from hotcopy.mysql.backup_tool import BackupTool
 from hotcopy.mysql.flavor import ReplicaStatus
+from hotcopy.mysql.option_file import render_client_group
 from hotcopy.mysql.server import Server
 from hotcopy.runtime import Runtime
 from hotcopy.saga import undo_action
@@ -219,7 +220,7 @@ def backup_stream(ctx: StepContext) -> dict[str, Any]:
     ctx.push("backup.release_source", {"server": source, "job_id": ctx.job_id})
     ctx.push("host.remove_file", {"server": source, "path": cnf})
     src.write_file(cnf, backup_tool.option_file(config.server(source).defaults_file,
-                                                Path(config.mysql.option_file).read_bytes()))
+                                                render_client_group(config.mysql.option_file)))
     argv = backup_tool.backup_command(
         tool, defaults_file=cnf, host=config.server(source).host,
         port=config.server(source).port, target_dir=f"{workdir}/target",

@@ -91,7 +91,9 @@ def finish_drop(ctx: StepContext, timeout_s: float) -> dict[str, Any]:
     drop.thread.join(timeout_s)
     waited_ms = round((time.monotonic() - waited_from) * 1000, 1)
     if drop.thread.is_alive():
-        # Left outstanding: the rollback that follows runs them again once more.
+        # Left outstanding, and left for settle() to wait for once more before the
+        # rollback that follows runs them again.
+        ctx.live["drop"] = drop
         raise HotcopyError(f"step 'drop_snapshot': destroying the snapshot took more than "
                            f"{timeout_s:.0f} s", hint="see the source's snapshot tool")
     _journal_outcome(ctx, drop)

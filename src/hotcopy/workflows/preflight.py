@@ -22,7 +22,7 @@ from hotcopy.progress import human_bytes
 from hotcopy.runtime import Runtime
 from hotcopy.saga import Job, Journal
 from hotcopy.snapshot.base import backend_for
-from hotcopy.transfer.base import STATIC_EXCLUDES, is_excluded, log_excludes
+from hotcopy.transfer.base import STATIC_EXCLUDES, file_excludes, is_excluded, log_excludes
 from hotcopy.workflows import faults, preflight_layout, preflight_servers
 
 #: Steps that report progress, so a kill-during fault can fire inside them.
@@ -255,6 +255,7 @@ def _check_target_sql(report: Preflight, runtime: Runtime, target: str,
             return
         report.warn("target.down", f"mysqld on {target} is not running; it will be re-seeded "
                     "and started")
+        _check_stopped_target_version(report, control.binary_version(), target)
         return
     tgt = runtime.server(target)
     if not _reachable(report, tgt, "target"):
@@ -272,6 +273,21 @@ def _check_target_sql(report: Preflight, runtime: Runtime, target: str,
     if src_version.split(".")[:2] != tgt_version.split(".")[:2]:
         report.error("versions", f"source runs {src_version} but target runs {tgt_version}; "
                      "a datadir only moves between servers of the same major.minor version")
+
+
+def _check_stopped_target_version(report: Preflight, version: str | None, target: str) -> None:
+    """A stopped target has no SQL to ask: its binary says what would start the copy."""
+    src_version = str(report.facts.get("source_version", ""))
+    if version is None:
+        report.error("versions", f"target {target} is stopped and its server binary gave no "
+                     "version (`--version`): the copy might not start there",
+                     hint=f"check servers.{target}.mysqld in the config")
+        return
+    report.facts["target_version"] = version
+    if src_version.split(".")[:2] != version.split(".")[:2]:
+        report.error("versions", f"source runs {src_version} but target {target}'s server "
+                     f"binary is {version}; a datadir only moves between servers of the same "
+                     "major.minor version")
 
 
 _MISSING_TOOLS = 'for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || echo "$tool"; done'
@@ -326,17 +342,34 @@ def _check_source_files(report: Preflight, runtime: Runtime, src: Server, source
         return
     excludes = list(STATIC_EXCLUDES) + log_excludes(
         datadir, [src.variable("log_bin_basename"), src.variable("relay_log_basename")])
+    excludes += file_excludes(datadir, [_variable_or_none(src, name) for name in
+                                        ("master_info_file", "relay_log_info_file",
+                                         "log_bin_index", "relay_log_index")])
     report.facts["excludes"] = excludes
     listing = executor.run(["find", datadir, "-xdev", "-type", "f", "-printf", r"%P\t%s\n"],
                            timeout=600).stdout
-    total = files = 0
+    total = files = everything = 0
     for line in listing.splitlines():
         rel, _, size = line.rpartition("\t")
+        if rel:
+            everything += int(size)
         if rel and not is_excluded(rel, excludes):
             total += int(size)
             files += 1
     report.facts["ship_bytes"] = total
     report.facts["ship_files"] = files
+    # zfs send/recv copies the whole dataset, binlogs and relay logs included (the
+    # target drops them afterwards): the space it needs is that of everything.
+    report.facts["dataset_bytes"] = everything
+
+
+def _variable_or_none(server: Server, name: str) -> str | None:
+    """A server variable that may not exist in this flavor/version."""
+    try:
+        value = server.variable(name)
+    except MySQLError:
+        return None
+    return None if value is None else str(value)
 
 
 def pipeline_for(runtime: Runtime, source: str) -> str:
@@ -428,6 +461,8 @@ def _check_target_files(report: Preflight, runtime: Runtime, target: str) -> Non
                      f"defaults file says {layout.datadir}")
     avail = int(executor.run(["df", "--output=avail", "-B1", parent]).stdout.split()[-1])
     data = int(report.facts.get("ship_bytes", 0))
+    if report.facts.get("snapshot_backend") == "zfs":
+        data = max(data, int(report.facts.get("dataset_bytes", 0)))
     need = int(data * (1 + runtime.config.clone.free_space_margin))
     report.facts["target_free_bytes"] = avail
     if avail < need:

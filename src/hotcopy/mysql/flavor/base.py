@@ -132,6 +132,56 @@ class Flavor(Protocol):
     def tablespace_files(self) -> Statement:
         """Every InnoDB tablespace file, one row each with its ``path`` as the server has it."""
         ...
+    def replication_options(self, row: dict[str, Any]) -> dict[str, Any]:
+        """TLS, delay and heartbeat of a replica's channel, to carry into a new replica."""
+        ...
+
+
+#: Normalised replication options (replication_options) -> the CHANGE MASTER words.
+SSL_OPTION_WORDS = {"ssl_ca": "SSL_CA", "ssl_capath": "SSL_CAPATH", "ssl_cert": "SSL_CERT",
+                    "ssl_key": "SSL_KEY", "ssl_cipher": "SSL_CIPHER", "ssl_crl": "SSL_CRL",
+                    "ssl_crlpath": "SSL_CRLPATH"}
+
+
+def _yes(value: Any) -> bool:
+    return str(value or "").strip().lower() in ("yes", "1", "on", "true")
+
+
+def ssl_and_delay_options(row: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """From a SHOW SLAVE/REPLICA STATUS row whose columns start with prefix (Master/Source)."""
+    options: dict[str, Any] = {"ssl": _yes(row.get(f"{prefix}_SSL_Allowed")),
+                               "ssl_verify_server_cert":
+                                   _yes(row.get(f"{prefix}_SSL_Verify_Server_Cert")),
+                               "delay": int(row.get("SQL_Delay") or 0)}
+    columns = {"ssl_ca": "SSL_CA_File", "ssl_capath": "SSL_CA_Path", "ssl_cert": "SSL_Cert",
+               "ssl_key": "SSL_Key", "ssl_cipher": "SSL_Cipher", "ssl_crl": "SSL_Crl",
+               "ssl_crlpath": "SSL_Crlpath"}
+    for key, column in columns.items():
+        value = row.get(f"{prefix}_{column}")
+        if value:
+            options[key] = str(value)
+    return options
+
+
+def option_clauses(options: dict[str, Any], prefix: str) -> tuple[str, tuple[Any, ...]]:
+    """", MASTER_SSL = 1, MASTER_SSL_CA = %s, ..." and its arguments (prefix MASTER/SOURCE)."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    if options.get("ssl"):
+        clauses.append(f"{prefix}_SSL = 1")
+    for key, word in SSL_OPTION_WORDS.items():
+        if options.get(key):
+            clauses.append(f"{prefix}_{word} = %s")
+            args.append(str(options[key]))
+    if options.get("ssl_verify_server_cert"):
+        clauses.append(f"{prefix}_SSL_VERIFY_SERVER_CERT = 1")
+    if int(options.get("delay") or 0) > 0:
+        clauses.append(f"{prefix}_DELAY = %s")
+        args.append(int(options["delay"]))
+    if options.get("heartbeat_period") is not None:
+        clauses.append(f"{prefix}_HEARTBEAT_PERIOD = %s")
+        args.append(float(options["heartbeat_period"]))
+    return "".join(f", {c}" for c in clauses), tuple(args)
 
 
 def set_session_lock_wait_timeout(seconds: int) -> Statement:

@@ -22,6 +22,8 @@ from hotcopy.mysql.flavor.base import (
     ReplicaStatus,
     Statement,
     checked_variable,
+    option_clauses,
+    ssl_and_delay_options,
 )
 from hotcopy.mysql.flavor.catalog import add_row_id_column
 
@@ -142,15 +144,20 @@ class MariaDB:
         return ("SELECT @@GLOBAL.gtid_binlog_pos AS gtid", ())
 
     def change_master(self, coords: Coordinates, user: str, password: str) -> Statement:
+        # The source's TLS, delay and heartbeat travel too: a new replica must not
+        # replicate in cleartext (or undelayed) where its source did not.
+        extra, extra_args = option_clauses(coords.extra.get("replication_options") or {},
+                                           "MASTER")
         if coords.gtid:
             return ("CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
-                    "MASTER_PASSWORD = %s, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 5",
-                    (coords.master_host, coords.master_port, user, password))
+                    "MASTER_PASSWORD = %s, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 5"
+                    + extra,
+                    (coords.master_host, coords.master_port, user, password, *extra_args))
         return ("CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, "
                 "MASTER_PASSWORD = %s, MASTER_LOG_FILE = %s, MASTER_LOG_POS = %s, "
-                "MASTER_USE_GTID = no, MASTER_CONNECT_RETRY = 5",
+                "MASTER_USE_GTID = no, MASTER_CONNECT_RETRY = 5" + extra,
                 (coords.master_host, coords.master_port, user, password,
-                 coords.master_log_file, coords.master_log_pos))
+                 coords.master_log_file, coords.master_log_pos, *extra_args))
 
     def prepare_gtid_position(self, gtid: str) -> list[Statement]:
         return [("SET GLOBAL gtid_slave_pos = %s", (gtid,))]
@@ -247,3 +254,10 @@ class MariaDB:
     def tablespace_files(self) -> Statement:
         return ("SELECT NAME AS name, FILENAME AS path "
                 "FROM information_schema.INNODB_SYS_TABLESPACES", ())
+
+    def replication_options(self, row: dict[str, Any]) -> dict[str, Any]:
+        options = ssl_and_delay_options(row, "Master")
+        period = row.get("Slave_heartbeat_period")  # SHOW ALL SLAVES STATUS has it
+        if period is not None:
+            options["heartbeat_period"] = float(period)
+        return options

@@ -23,6 +23,8 @@ from hotcopy.mysql.flavor.base import (
     ReplicaStatus,
     Statement,
     checked_variable,
+    option_clauses,
+    ssl_and_delay_options,
 )
 from hotcopy.mysql.flavor.catalog import add_row_id_column
 
@@ -160,12 +162,14 @@ class MySQL:
                 "CHANGE MASTER TO", "MASTER_HOST", "MASTER_PORT", "MASTER_USER",
                 "MASTER_PASSWORD", "MASTER_AUTO_POSITION", "MASTER_LOG_FILE", "MASTER_LOG_POS")
         common = f"{head} {host} = %s, {port} = %s, {usr} = %s, {pwd} = %s"
+        extra, extra_args = option_clauses(coords.extra.get("replication_options") or {},
+                                           "SOURCE" if self._source_words else "MASTER")
         if coords.gtid:
-            return (f"{common}, {auto} = 1",
-                    (coords.master_host, coords.master_port, user, password))
-        return (f"{common}, {logf} = %s, {logp} = %s",
+            return (f"{common}, {auto} = 1{extra}",
+                    (coords.master_host, coords.master_port, user, password, *extra_args))
+        return (f"{common}, {logf} = %s, {logp} = %s{extra}",
                 (coords.master_host, coords.master_port, user, password,
-                 coords.master_log_file, coords.master_log_pos))
+                 coords.master_log_file, coords.master_log_pos, *extra_args))
 
     def prepare_gtid_position(self, gtid: str) -> list[Statement]:
         reset = "RESET BINARY LOGS AND GTIDS" if self.version >= (8, 4, 0) else "RESET MASTER"
@@ -274,3 +278,8 @@ class MySQL:
     def tablespace_files(self) -> Statement:
         return ("SELECT TABLESPACE_NAME AS name, FILE_NAME AS path "
                 "FROM INFORMATION_SCHEMA.FILES WHERE ENGINE = 'InnoDB'", ())
+
+    def replication_options(self, row: dict[str, Any]) -> dict[str, Any]:
+        # The heartbeat lives in performance_schema, not in the status row: not carried.
+        prefix = "Source" if "Source_SSL_Allowed" in row else "Master"
+        return ssl_and_delay_options(row, prefix)
