@@ -192,12 +192,13 @@ def test_master_cut_off_from_the_controller_only_is_not_failed_over(
     assert view.master == master and view.problems == []
 
 
-def test_master_host_cut_off_is_refused_within_the_detection_bound(
+def test_master_host_cut_off_is_detected_unreachable_within_the_bound(
         shard: SandboxInfo) -> None:
-    """The host's link down: the replicas' IO threads have not noticed yet (they would
-    after slave_net_timeout), so this is refused too. What matters is that detection
-    ends within its bound in a fresh CLI process *and* in a long-lived one (an agent)
-    whose multiplexed ssh connection to the host went dead with the link."""
+    """The host's link down: the detection must end, and find the master unreachable
+    over SQL and ssh, in a fresh CLI process *and* in a long-lived one (an agent) whose
+    multiplexed ssh connection to the host went dead with the link. Whether the
+    replicas' IO threads have noticed yet depends on slave_net_timeout and speed, so it
+    is not asserted, and the CLI runs --dry-run: read-only whatever it concludes."""
     master = "replica1"
     rt = runtime(shard)
     assert rt.mysqld(master).is_running()  # opens this process's ssh master to the host
@@ -207,18 +208,18 @@ def test_master_host_cut_off_is_refused_within_the_detection_bound(
             started = time.monotonic()
             _, alive = pool.submit(failover.check, rt).result(timeout=CUT_DETECTION_BOUND_S)
             FIGURES["detection, link down, open ssh master"] = time.monotonic() - started
-        proc, took = _timed_failover(shard.config_path)
-        FIGURES["refusal (CLI), link down"] = took
+        started = time.monotonic()
+        proc = hotcopy("failover", "--config", str(shard.config_path), "--dry-run",
+                       timeout=CUT_DETECTION_BOUND_S)
+        FIGURES["detection (CLI --dry-run), link down"] = time.monotonic() - started
     finally:
         sandbox_netns.set_link(shard.veths[master], up=True)
         rt.close()
-    for said in (alive, proc.stderr.splitlines()):
+    assert proc.returncode in (0, 2), proc.stderr
+    for said in (alive, (proc.stdout + proc.stderr).splitlines()):
         assert not any("looks alive from this controller" in line for line in said), said
         assert not any("looks alive from its host" in line for line in said), said
-        assert any(f"the master {master} looks alive from replica2" in line
-                   for line in said), said
-    assert proc.returncode == 2, proc.stderr
-    assert _last_job(shard)[1:] == ("failover", "failed")
+    assert _last_job(shard)[1:] == ("failover", "failed")  # the refusal before: no new job
     rt = runtime(shard)
     for name in ("master", "replica2", "replica3"):
         wait_replicating(rt.server(name), rt.server(master))
