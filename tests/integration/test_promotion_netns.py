@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from hotcopy.loadclient import AckedWriter, create_table, write_endpoint
-from hotcopy.mysql import checksum, gtid
+from hotcopy.mysql import checksum, gtid, replication
 from hotcopy.mysql.connection import connect
 from hotcopy.runtime import Runtime
 from hotcopy.saga import SqliteJournal
@@ -222,8 +222,21 @@ def test_master_host_cut_off_is_detected_unreachable_within_the_bound(
     assert _last_job(shard)[1:] == ("failover", "failed")  # the refusal before: no new job
     rt = runtime(shard)
     for name in ("master", "replica2", "replica3"):
+        # An IO thread that gave up during the cut retries only every
+        # MASTER_CONNECT_RETRY (60 s): restart it rather than wait on that timer.
+        status = replication.single_channel(rt.server(name))
+        assert status is not None and status.sql_running == "Yes", (name, status)
+        if status.io_running != "Yes":
+            rt.server(name).execute(("STOP SLAVE IO_THREAD", ()))
+            rt.server(name).execute(("START SLAVE IO_THREAD", ()))
+        assert wait_for(lambda n=name: _io_connected(rt, n), timeout=60), name
         wait_replicating(rt.server(name), rt.server(master))
     rt.close()
+
+
+def _io_connected(rt: Runtime, name: str) -> bool:
+    status = replication.single_channel(rt.server(name))
+    return status is not None and status.io_running == "Yes"
 
 
 def _sigkill(info: SandboxInfo, name: str) -> None:
