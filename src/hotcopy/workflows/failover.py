@@ -37,6 +37,35 @@ from hotcopy.workflows.runner import Step, StepContext
 log = logging.getLogger(__name__)
 
 
+#: What the ssh probe of the master's host may take beyond the configured ConnectTimeout
+#: (a fresh connection may use all of it): the command itself, on a busy host.
+PROBE_MARGIN_S = 5
+
+
+def _mysqld_seen_running(runtime: Runtime, master: str) -> bool:
+    """Whether the master's host says its mysqld runs; False when the host does not
+    answer within ConnectTimeout + PROBE_MARGIN_S.
+
+    The bound is here because a long-lived controller (the agent) holds a multiplexed
+    ssh connection (ControlPersist) to the host: when the host's network dies, a new
+    command waits on that dead TCP session until ServerAlive gives up (3 x 10 s) or the
+    command's own timeout, and detection took 36 s in the netns test instead of ~15 s.
+    A host that cannot answer a trivial command within a fresh connect's time is
+    unreachable over ssh for the purpose of detection; the other signs (SQL, every
+    replica's IO thread) must agree before anything is failed over.
+    """
+    bound = runtime.config.ssh.connect_timeout_s + PROBE_MARGIN_S
+    try:
+        executor = runtime.executor(master)
+        if not executor.is_local:
+            executor.run(["true"], timeout=bound)
+        return runtime.mysqld(master).is_running()
+    except HotcopyError as exc:
+        log.info("%s's host is unreachable too (probe bound %ss): %s", master, bound,
+                 exc.message)
+        return False
+
+
 def _dead_master(runtime: Runtime, view: topology.ShardView) -> tuple[str | None, list[str]]:
     """The master every replica points at, and every sign that it is still alive."""
     replicas = [s for s in view.servers.values() if s.reachable and s.channels]
@@ -59,12 +88,9 @@ def _dead_master(runtime: Runtime, view: topology.ShardView) -> tuple[str | None
         if server.io_running == "Yes":
             alive.append(f"the master {master} looks alive from {server.name}: its IO "
                          "thread is connected")
-    try:
-        if runtime.mysqld(master).is_running():
-            alive.append(f"the master {master} looks alive from its host: mysqld runs there "
-                         f"(seen over {runtime.executor(master).name})")
-    except HotcopyError as exc:
-        log.info("%s's host is unreachable too: %s", master, exc.message)
+    if _mysqld_seen_running(runtime, master):
+        alive.append(f"the master {master} looks alive from its host: mysqld runs there "
+                     f"(seen over {runtime.executor(master).name})")
     unreachable = [s.name for s in view.servers.values() if not s.reachable and s.name != master]
     if unreachable:
         alive.append(f"replica(s) {', '.join(unreachable)} unreachable: cannot ask them")
