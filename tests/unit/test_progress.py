@@ -61,3 +61,29 @@ def test_plain_warning_is_one_clean_line() -> None:
     out = io.StringIO()
     PlainReporter(out).warning("replica2 is not crash-safe")
     assert out.getvalue().endswith(" warning: replica2 is not crash-safe\n")
+
+
+def test_a_signal_is_acknowledged_before_the_handler_underneath_runs() -> None:
+    import signal
+
+    from hotcopy.progress import acknowledge_signals
+
+    out = io.StringIO()
+    reporter = PlainReporter(out)
+    reporter.step_started("pull", "copy the snapshot to the target")
+    seen_by_handler: list[str] = []
+
+    def underneath(signum: int, frame: object) -> None:
+        seen_by_handler.append(out.getvalue())
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, underneath)
+    try:
+        with pytest.raises(KeyboardInterrupt), acknowledge_signals(reporter):
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is underneath  # put back on the way out
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(seen_by_handler) == 1
+    assert ("warning: SIGINT received: stopping the current step (pull) safely, then "
+            "rolling back every change of this job") in seen_by_handler[0]
