@@ -87,3 +87,16 @@ def test_a_signal_is_acknowledged_before_the_handler_underneath_runs() -> None:
     assert len(seen_by_handler) == 1
     assert ("warning: SIGINT received: stopping the current step (pull) safely, then "
             "rolling back every change of this job") in seen_by_handler[0]
+
+
+def test_progress_recorder_writes_the_first_and_last_reading_and_little_between() -> None:
+    from typing import Any
+
+    from hotcopy.workflows.report import ProgressRecorder
+
+    written: list[dict[str, Any]] = []
+    record = ProgressRecorder(lambda **items: written.append(items), interval_s=3600)
+    for done in range(0, 101, 10):
+        record(done, 100)
+    assert [(w["progress_bytes"], w["progress_total"]) for w in written] == [(0, 100), (100, 100)]
+    assert all(isinstance(w["progress_at"], float) for w in written)
