@@ -82,7 +82,6 @@ def job_report(journal: Journal, job_id: str) -> dict[str, Any]:
     report["audit"] = outputs.get("audit")
     report["transfer_method"] = outputs.get("transfer_method") or job.params.get("transfer")
     report["total_s"] = _total_s(job, step_rows)
-    report["target_downtime_s"] = _target_downtime_s(step_rows, outputs)
     report["live"] = _live(job, step_rows)
     report["steps"] = step_rows
     report["undo"] = undo
@@ -111,18 +110,6 @@ def _total_s(job: Job, steps: list[dict[str, Any]]) -> float | None:
     if not steps or not ends:
         return None
     return round(float(max(ends)) - float(min(s["started"] for s in steps)), 3)
-
-
-def _target_downtime_s(steps: list[dict[str, Any]], outputs: dict[str, Any]) -> float | None:
-    """The target serves nothing from mysqld's stop until it has caught up again."""
-    by_name = {s["name"]: s for s in steps}
-    stop, caught_up = by_name.get("stop_target"), by_name.get("catch_up")
-    if stop is None or not outputs.get("target_was_running", True):
-        return None
-    end = caught_up["ended"] if caught_up is not None else None
-    if end is None:
-        return None
-    return round(float(end) - float(stop["started"]), 3)
 
 
 def _live(job: Job, steps: list[dict[str, Any]]) -> dict[str, Any] | None:
