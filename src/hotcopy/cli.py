@@ -302,7 +302,12 @@ def show(config_path: str, job_id: str, as_json: bool) -> None:
 @CONFIG_OPTION
 @JSON_OPTION
 def locks(config_path: str, as_json: bool) -> None:
-    """List who holds which lock: job, controller host and pid, since, lease left."""
+    """List who holds which lock: job, controller host and pid, since, lease left.
+
+    \b
+    Example:
+      hotcopy locks --config shard1.toml --json
+    """
 
     def run() -> None:
         _, journal = _open(config_path)
@@ -603,9 +608,7 @@ def _render_impact(report: dict[str, Any]) -> None:
     def seconds(value: Any) -> str:
         return "n/a" if value is None else human_duration(float(value))
 
-    out_console.print(f"total: {seconds(report.get('total_s'))}   target down: "
-                      f"{ms(report.get('target_downtime_ms'))} (old mysqld stopping until "
-                      "the new one answered)")
+    out_console.print(f"total: {seconds(report.get('total_s'))}")
     out_console.print(f"source write lock: {ms(report['source_lock_ms'])}   "
                       f"source replication paused: {ms(report['source_replication_paused_ms'])}"
                       f"   paused again for verify: {ms(report.get('verify_source_paused_ms'))}")
@@ -627,8 +630,10 @@ def _render_costs(report: dict[str, Any]) -> None:
     def ms(value: Any) -> str:
         return "n/a" if value is None else human_duration(float(value) / 1000)
 
-    if report.get("time_to_caught_up_ms") is not None:
-        out_console.print(f"caught up after: {ms(report.get('time_to_caught_up_ms'))}   "
+    if report.get("time_to_caught_up_ms") is not None or report.get("target_downtime_ms"):
+        out_console.print(f"target downtime: {ms(report.get('target_downtime_ms'))} (mysqld "
+                          f"stopped until it answered)   caught up after: "
+                          f"{ms(report.get('time_to_caught_up_ms'))} (from the start)   "
                           f"verify: {ms(report.get('verify_ms'))}")
     if report.get("buffer_pool_dump") is not None:
         loaded = report.get("buffer_pool_loaded")
@@ -672,6 +677,10 @@ def cleanup(config_path: str, dry_run: bool, as_json: bool) -> None:
     \b
     Exit codes: 0 nothing left (or, with --dry-run, listed), 3 something could not be
     removed (the message says what and why).
+
+    \b
+    Example:
+      hotcopy cleanup --config shard1.toml --dry-run
     """
     from hotcopy.workflows import cleanup as workflow
 
@@ -710,7 +719,12 @@ def main() -> None:
 @JSON_OPTION
 def topology(config_path: str, as_json: bool) -> None:
     """The shard as it is: who replicates from whom, GTID positions per domain, lag,
-    read_only, errant transactions, crash-safety. Read-only; exit 1 if problems found."""
+    read_only, errant transactions, crash-safety. Read-only; exit 1 if problems found.
+
+    \b
+    Example:
+      hotcopy topology --config shard1.toml --json
+    """
     from hotcopy.workflows import topology as workflow
 
     def run() -> None:
@@ -754,6 +768,10 @@ def switchover(config_path: str, candidate: str, dry_run: bool, yes: bool, kill_
     Undone entirely on any failure until the candidate is writable (the step
     `promote`, the point of no return); after it, failures exit 3 with what is
     left, and `hotcopy resume JOB` finishes. Exit 2: refused, nothing changed.
+
+    \b
+    Example:
+      hotcopy switchover --config shard1.toml --to db2 --dry-run
     """
     from hotcopy.workflows import switchover as workflow
     from hotcopy.workflows.report import job_report
@@ -832,6 +850,10 @@ def failover(config_path: str, candidate: str | None, dry_run: bool, yes: bool, 
     \b
     Refused (exit 2) unless the master is unreachable over SQL, its mysqld is not
     running on its host, and every replica's IO thread fails to reach it.
+
+    \b
+    Example:
+      hotcopy failover --config shard1.toml --dry-run
     """
     from hotcopy.workflows import failover as workflow
     from hotcopy.workflows.report import job_report
@@ -870,6 +892,10 @@ def rejoin(config_path: str, name: str, as_json: bool) -> None:
     \b
     Demoted in place when it has no errant GTIDs; otherwise re-seeded by a clone from a
     healthy replica (its data is replaced; the clone's own rules and rollback apply).
+
+    \b
+    Example:
+      hotcopy rejoin --config shard1.toml db1
     """
     from hotcopy.workflows import rejoin as workflow
     from hotcopy.workflows.report import job_report
@@ -894,6 +920,10 @@ def agent() -> None:
     Only a broken replica is re-seeded (SQL thread stopped on an error past the grace
     period, relay log lost, or marked with `agent reseed`), from the healthiest donor;
     never for lag, never while the master is down. See `agent status` for why.
+
+    \b
+    Example:
+      hotcopy agent status --config shard1.toml
     """
 
 
@@ -903,7 +933,12 @@ def agent() -> None:
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Prometheus endpoint port (default: [agent] metrics_port; 0: none).")
 def agent_run(config_path: str, observe_only: bool, metrics_port: int | None) -> None:
-    """Poll the shard and act as leader; runs until SIGTERM (logs are JSON lines)."""
+    """Poll the shard and act as leader; runs until SIGTERM (logs are JSON lines).
+
+    \b
+    Example:
+      hotcopy agent run --config shard1.toml --observe-only
+    """
     from hotcopy.agent import jsonlog, service
 
     def run() -> None:
@@ -918,7 +953,12 @@ def agent_run(config_path: str, observe_only: bool, metrics_port: int | None) ->
 @CONFIG_OPTION
 @JSON_OPTION
 def agent_status(config_path: str, as_json: bool) -> None:
-    """The leader, every agent, each replica's health, the job, decisions, flap windows."""
+    """The leader, every agent, each replica's health, the job, decisions, flap windows.
+
+    \b
+    Example:
+      hotcopy agent status --config shard1.toml --json
+    """
     from hotcopy.agent import service
 
     def run() -> None:
@@ -935,7 +975,12 @@ def agent_status(config_path: str, as_json: bool) -> None:
 @CONFIG_OPTION
 @click.option("--reason", default="paused by an operator", show_default=True)
 def agent_pause(config_path: str, reason: str) -> None:
-    """Fleet-wide: no agent starts a re-seed until `agent resume` (survives restarts)."""
+    """Fleet-wide: no agent starts a re-seed until `agent resume` (survives restarts).
+
+    \b
+    Example:
+      hotcopy agent pause --config shard1.toml --reason "maintenance window"
+    """
     from hotcopy.agent import service
 
     _guard(lambda: click.echo(json.dumps(service.set_pause(
@@ -945,7 +990,12 @@ def agent_pause(config_path: str, reason: str) -> None:
 @agent.command("resume")
 @CONFIG_OPTION
 def agent_resume(config_path: str) -> None:
-    """Lift the fleet-wide pause."""
+    """Lift the fleet-wide pause.
+
+    \b
+    Example:
+      hotcopy agent resume --config shard1.toml
+    """
     from hotcopy.agent import service
 
     _guard(lambda: click.echo(json.dumps(service.set_pause(
@@ -957,7 +1007,12 @@ def agent_resume(config_path: str) -> None:
 @click.argument("name")
 @click.option("--reason", default="marked by an operator", show_default=True)
 def agent_reseed(config_path: str, name: str, reason: str) -> None:
-    """Mark NAME broken: the leader re-seeds it (the pause and one-job rails still hold)."""
+    """Mark NAME broken: the leader re-seeds it (the pause and one-job rails still hold).
+
+    \b
+    Example:
+      hotcopy agent reseed --config shard1.toml db3 --reason "corrupt table"
+    """
     from hotcopy.agent import service
 
     _guard(lambda: click.echo(json.dumps(service.mark(config_module.load(config_path), name,

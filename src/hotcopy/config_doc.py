@@ -29,6 +29,27 @@ EXPLAINED: dict[str, str] = {
     "mysql.connect_timeout_s": "seconds to wait for a server to accept a connection",
     "replication.option_file": "option file of the replication account the new replica "
                                "uses; unset: taken from the source replica's own settings",
+    "journal.backend": "sqlite: one file on the control host; etcd: a cluster shared by "
+                       "many controllers (journal, locks and leases, fenced)",
+    "journal.tls_ca_file": "etcd: CA that signed the members' certificates",
+    "journal.tls_cert_file": "etcd: client certificate",
+    "journal.tls_key_file": "etcd: the client certificate's key",
+    "clone.warm_target": "ship the source's buffer pool list and load it on the target, so "
+                         "it starts warm",
+    "clone.buffer_pool_dump_timeout_s": "longest the source's buffer pool dump may take",
+    "clone.buffer_pool_load_wait_s": "how long to wait for the target's buffer pool load",
+    "hooks.pre_clone": "argv run before a clone changes anything; failing aborts it (exit 2)",
+    "hooks.before_stop_target": "argv run before the target's mysqld stops (drain it from "
+                                "a load balancer or proxy)",
+    "hooks.after_commit": "argv run after a clone committed (put the target back)",
+    "hooks.on_rollback": "argv run after a clone was rolled back",
+    "hooks.pre_switchover": "argv run before a switchover changes anything; failing aborts",
+    "hooks.post_switchover": "argv run after a switchover (move a VIP, update a proxy)",
+    "hooks.pre_failover": "argv run before a failover changes anything; failing aborts",
+    "hooks.post_failover": "argv run after a failover",
+    "hooks.hook_timeout_s": "a hook still running after this is killed (and counts as failed)",
+    "agent.max_reseeds_per_day": "at most this many automated re-seeds per 24 h, fleet-wide",
+    "agent.metrics_address": "address of the Prometheus metrics endpoint",
     "journal.path": "the SQLite journal (default /var/lib/hotcopy/journal.sqlite); its "
                     "directory must exist (or `clone --create-journal`); keep it on the "
                     "control host's local disk, backed up",

@@ -120,6 +120,11 @@ class ConsoleReporter:
         self._end_progress()
         self.console.print(f"  [yellow]warning:[/] {escape(text)}")
 
+    def urgent(self, text: str) -> None:
+        """From a signal handler: printed above a running bar, which is left alone
+        (stopping it here would join its refresh thread, which may wait for us)."""
+        self.console.print(f"  [bold yellow]{escape(text)}[/]")
+
 
 class PlainReporter:
     """Timestamped lines without a terminal: each step, and the copy every ``interval_s``.
@@ -138,7 +143,8 @@ class PlainReporter:
         self._last: float | None = None
         self._wrote_end = False
         self._step_started = clock()
-        self._lock = threading.Lock()
+        # Re-entrant: the signal acknowledgement may write while a line is half written.
+        self._lock = threading.RLock()
         self.current_step: str | None = None
 
     def _line(self, text: str) -> None:
@@ -207,9 +213,10 @@ def acknowledge_signals(reporter: Reporter) -> Iterator[None]:
             said.append(signum)
             current = getattr(reporter, "current_step", None)
             where = f"the current step ({current})" if current else "the current step"
-            reporter.warning(f"{signal.Signals(signum).name} received: stopping {where} "
-                             "safely, then rolling back every change of this job; let it "
-                             "finish (a second signal does not skip the rollback)")
+            say = getattr(reporter, "urgent", reporter.warning)
+            say(f"{signal.Signals(signum).name} received: stopping {where} safely, then "
+                "rolling back every change of this job; let it finish (a second signal "
+                "does not skip the rollback)")
         handler = previous[signal.Signals(signum)]
         if callable(handler):
             handler(signum, frame)

@@ -270,7 +270,7 @@ def test_a_committed_clone_reports_time_downtime_method_and_pauses(shard: Sandbo
     steps = {s["name"]: s for s in report["steps"]}
     assert report["target_downtime_ms"] >= (steps["start_target"]["ms"] or 0)
     text = hotcopy("show", "--config", str(shard.config_path), job, env=WIDE).stdout
-    for needle in ("total: ", "target down: ", "paused again for verify: ",
+    for needle in ("total: ", "target downtime: ", "paused again for verify: ",
                    "with rsyncd", "took"):
         assert needle in text, text
     assert not re.search(r"\d{4,}(\.\d)? ms", text), text  # 1.2 s, never 1234.5 ms
@@ -302,3 +302,78 @@ def test_warnings_are_plain_lines_not_logging_records(shard: SandboxInfo, tmp_pa
     first = proc.stderr.splitlines()[0]
     assert first.startswith(f"warning: mysql.option_file: {readable} holds a password"), first
     assert "WARNING" not in proc.stderr and "hotcopy.config" not in proc.stderr
+
+
+# -- hooks around a clone -------------------------------------------------------------
+
+
+def _hooks(tmp_path: Path, **hooks: list[str]) -> str:
+    lines = ["", "[hooks]"] + [f"{name} = {json.dumps(argv)}" for name, argv in hooks.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _env_dump(path: Path) -> list[str]:
+    return ["sh", "-c", 'env | grep "^HOTCOPY_" | sort > "$0"', str(path)]
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines())
+
+
+def test_clone_hooks_get_the_job_in_their_environment(shard: SandboxInfo,
+                                                      tmp_path: Path) -> None:
+    dumps = {name: tmp_path / f"{name}.env"
+             for name in ("pre_clone", "before_stop_target", "after_commit")}
+    config = _config_with(shard, tmp_path, {}, append=_hooks(
+        tmp_path, **{name: _env_dump(path) for name, path in dumps.items()}))
+    proc = _clone(config, "--yes", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    names = [s["name"] for s in report["steps"]]
+    # Journaled steps, each at its point: before the first change, just before the
+    # target stops, after the commit.
+    assert names.index("hook_pre_clone") < names.index("preflush")
+    assert names.index("hook_before_stop_target") == names.index("stop_target") - 1
+    assert names[-1] == "hook_after_commit"
+    for name, path in dumps.items():
+        env = _read_env(path)
+        assert env["HOTCOPY_HOOK"] == name and env["HOTCOPY_JOB_ID"] == report["job"], env
+        assert env["HOTCOPY_SOURCE"] == "replica1" and env["HOTCOPY_TARGET"] == "replica2"
+        assert env["HOTCOPY_TARGET_HOST"] == "127.0.0.1"
+        assert env["HOTCOPY_TARGET_PORT"] == str(config_module.load(config).server(
+            "replica2").port)
+        option_file = config_module.load(config).mysql.option_file
+        assert option_file not in path.read_text()  # no secret, not even where it lives
+
+
+def test_a_failing_pre_clone_hook_refuses_with_nothing_changed(shard: SandboxInfo,
+                                                                tmp_path: Path) -> None:
+    config = _config_with(shard, tmp_path, {}, append=_hooks(
+        tmp_path, pre_clone=["sh", "-c", "echo not now >&2; exit 3"]))
+    before = {j["job"] for j in _jobs(config)}
+    proc = _clone(config, "--yes")
+    assert proc.returncode == 2, proc.stderr
+    assert "hook pre_clone failed: exit status 3: not now; nothing was changed" in _flat(
+        proc.stderr), proc.stderr
+    new = [j for j in _jobs(config) if j["job"] not in before]
+    assert [j["state"] for j in new] == ["refused"], new
+    with SqliteJournal(config_module.load(config).journal_path()) as journal:
+        assert [s.name for s in journal.steps(new[0]["job"])] == [
+            "preflight", "lock_job", "hook_pre_clone"]
+        assert journal.undo_entries(new[0]["job"]) == []
+    assert leftovers(shard) == []
+
+
+def test_on_rollback_hook_runs_after_the_rollback(shard: SandboxInfo, tmp_path: Path) -> None:
+    dump = tmp_path / "on_rollback.env"
+    config = _config_with(shard, tmp_path, {}, append=_hooks(
+        tmp_path, on_rollback=_env_dump(dump)))
+    proc = _clone(config, "--yes", env={"HOTCOPY_FAULT": "fail-before:start_target"})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    job = _jobs(config)[0]
+    assert job["state"] == "rolled-back"
+    env = _read_env(dump)
+    assert env["HOTCOPY_HOOK"] == "on_rollback" and env["HOTCOPY_JOB_ID"] == job["job"]
+    # It ran after every undo: the target was back on its old datadir by then.
+    assert proc.stderr.rfind("undone:") < proc.stderr.find("hook on_rollback")
+    assert leftovers(shard) == []

@@ -61,3 +61,42 @@ def test_plain_warning_is_one_clean_line() -> None:
     out = io.StringIO()
     PlainReporter(out).warning("replica2 is not crash-safe")
     assert out.getvalue().endswith(" warning: replica2 is not crash-safe\n")
+
+
+def test_a_signal_is_acknowledged_before_the_handler_underneath_runs() -> None:
+    import signal
+
+    from hotcopy.progress import acknowledge_signals
+
+    out = io.StringIO()
+    reporter = PlainReporter(out)
+    reporter.step_started("pull", "copy the snapshot to the target")
+    seen_by_handler: list[str] = []
+
+    def underneath(signum: int, frame: object) -> None:
+        seen_by_handler.append(out.getvalue())
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, underneath)
+    try:
+        with pytest.raises(KeyboardInterrupt), acknowledge_signals(reporter):
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is underneath  # put back on the way out
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(seen_by_handler) == 1
+    assert ("warning: SIGINT received: stopping the current step (pull) safely, then "
+            "rolling back every change of this job") in seen_by_handler[0]
+
+
+def test_progress_recorder_writes_the_first_and_last_reading_and_little_between() -> None:
+    from typing import Any
+
+    from hotcopy.workflows.report import ProgressRecorder
+
+    written: list[dict[str, Any]] = []
+    record = ProgressRecorder(lambda **items: written.append(items), interval_s=3600)
+    for done in range(0, 101, 10):
+        record(done, 100)
+    assert [(w["progress_bytes"], w["progress_total"]) for w in written] == [(0, 100), (100, 100)]
+    assert all(isinstance(w["progress_at"], float) for w in written)

@@ -46,6 +46,7 @@ from hotcopy.transfer.base import (
 )
 from hotcopy.transfer.rsyncd import private_directory
 from hotcopy.transfer.stream import connect_address, listen_address, resolve
+from hotcopy.workflows.report import ProgressRecorder
 from hotcopy.workflows.runner import StepContext
 from hotcopy.workflows.target_steps import SpaceGuard, space_reserve
 
@@ -228,8 +229,12 @@ def backup_stream(ctx: StepContext) -> dict[str, Any]:
     empty_directory(tgt, ctx.state["staging"])  # never extract over a partial run
     expected = _expected_bytes(ctx, src)
 
+    record = ProgressRecorder(ctx.info)  # `hotcopy show` of the running job reads it
+
     def on_progress(done: int, total: int | None, rate: float | None) -> None:
-        ctx.reporter.progress(done, max(done, total) if total else None, rate)
+        shown = max(done, total) if total else None
+        record(done, shown)
+        ctx.reporter.progress(done, shown, rate)
         if total:
             ctx.faults.progress("backup_stream", done / total)
 

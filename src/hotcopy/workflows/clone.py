@@ -34,6 +34,7 @@ from hotcopy.snapshot import base as snapshot_base
 from hotcopy.transfer import base as transfer_base
 from hotcopy.workflows import (
     backup_steps,
+    clone_hooks,
     overlap,
     preflight,
     preflush,
@@ -120,6 +121,8 @@ def _commit(ctx: StepContext) -> dict[str, Any]:
 STEPS: list[Step] = [
     Step("preflight", "check both servers, read-only", _preflight),
     Step("lock_job", "take the job lock on source and target", _lock_job),
+    Step("hook_pre_clone", "run the pre_clone hook (it may veto the clone)",
+         clone_hooks.pre_clone),
     Step("preflush", "flush InnoDB dirty pages on the source", preflush.preflush, "source"),
     Step("dump_buffer_pool", "dump the source's buffer pool list for a warm target",
          warm.dump_buffer_pool, "source"),
@@ -135,6 +138,8 @@ STEPS: list[Step] = [
          target_steps.prepare_target),
     Step("serve", "start the transfer server on the source", target_steps.serve, "transfer"),
     Step("pull", "copy the snapshot to the target", target_steps.pull, "transfer"),
+    Step("hook_before_stop_target", "run the before_stop_target hook (drain the target)",
+         clone_hooks.before_stop_target),
     Step("stop_target", "stop mysqld on the target", timing.stop_target),
     Step("swap_datadir", "move the old datadir aside and install the new one",
          target_steps.swap_datadir),
@@ -149,6 +154,8 @@ STEPS: list[Step] = [
          warm.check_load),
     Step("crash_safety", "make the new replica crash-safe and audit it", _crash_safety),
     Step("commit", "commit: remove the old datadir", _commit),
+    Step("hook_after_commit", "run the after_commit hook (put the target back)",
+         clone_hooks.after_commit),
 ]
 
 
@@ -161,7 +168,7 @@ def _shared(first: str, last: str) -> list[Step]:
 # the same steps. Listener, stream and prepare redo together on resume (a token and a
 # half-sent stream do not survive a crash, an interrupted prepare is not trusted).
 BACKUP_STEPS: list[Step] = [
-    *_shared("preflight", "lock_job"),
+    *_shared("preflight", "hook_pre_clone"),
     Step("prepare_target", "make the staging directory on the target",
          target_steps.prepare_target),
     Step("listen", "start the backup stream listener on the target", backup_steps.listen,
@@ -173,7 +180,8 @@ BACKUP_STEPS: list[Step] = [
     Step("prepare_backup", "prepare the backup on the target, read its position",
          backup_steps.prepare_backup, "backup"),
     # No snapshot to drop here.
-    *[step for step in _shared("stop_target", "commit") if step.name != "drop_snapshot"],
+    *[step for step in _shared("hook_before_stop_target", "hook_after_commit")
+      if step.name != "drop_snapshot"],
 ]
 
 PIPELINES: dict[str, list[Step]] = {"snapshot": STEPS, "backup": BACKUP_STEPS}
@@ -274,6 +282,7 @@ def rollback(runtime: Runtime, journal: Journal, job_id: str, reporter: Reporter
         report = tx.rollback()
     for entry in report.done:
         reporter.note(f"undone: {entry.label}")
+    clone_hooks.on_rollback(runtime, journal, job.id, job.params, reporter)
     job = journal.get_job(job.id)
     if report.complete:
         return Outcome(job, ExitCode.OK, rollback=report)
@@ -326,6 +335,7 @@ def _roll_back_after(ctx: StepContext, error: HotcopyError) -> Outcome:
     report = ctx.tx.rollback()
     for entry in report.done:
         ctx.reporter.note(f"undone: {entry.label}")
+    clone_hooks.on_rollback(ctx.runtime, journal, job_id, ctx.params, ctx.reporter)
     if report.complete:
         journal.release_locks(job_id)
     job = journal.get_job(job_id)

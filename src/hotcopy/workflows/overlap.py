@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hotcopy.errors import HotcopyError
+from hotcopy.progress import human_duration
 from hotcopy.saga import EntryState, UndoEntry
 from hotcopy.saga.actions import lookup
 from hotcopy.workflows import target_steps, timing
@@ -135,6 +136,7 @@ def start_target(ctx: StepContext) -> dict[str, Any]:
     outputs.update(finish_drop(ctx, ctx.runtime.config.clone.start_timeout_s))
     waited = outputs.get("snapshot_drop_waited_ms")
     outputs["_detail"] = (f"{outputs.get('_detail', '')}; snapshot dropped meanwhile in "
-                          f"{outputs['snapshot_drop_ms']:.0f} ms"
-                          + (f" (waited {waited:.0f} ms)" if waited else "")).lstrip("; ")
+                          f"{human_duration(outputs['snapshot_drop_ms'] / 1000)}"
+                          + (f" (waited {human_duration(waited / 1000)})" if waited else "")
+                          ).lstrip("; ")
     return outputs

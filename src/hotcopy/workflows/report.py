@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from hotcopy.saga import Job, JobState, Journal
@@ -17,6 +19,25 @@ _HEADLINE_KEYS = ("source_lock_ms", "source_replication_paused_ms", "bytes_trans
 
 #: How often a running copy writes its progress into the journal, for ``show``.
 PROGRESS_JOURNAL_INTERVAL_S = 5.0
+
+
+class ProgressRecorder:
+    """Writes a running copy's progress into the job's info, at most every interval
+    (and always the first reading and the last), so that ``hotcopy show`` of a running
+    job can say how far it is from any process."""
+
+    def __init__(self, record: Callable[..., None],
+                 interval_s: float = PROGRESS_JOURNAL_INTERVAL_S) -> None:
+        self._record = record
+        self._interval_s = interval_s
+        self._last: float | None = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        finished = bool(total) and total is not None and done >= total
+        if self._last is None or now - self._last >= self._interval_s or finished:
+            self._last = now
+            self._record(progress_bytes=done, progress_total=total, progress_at=time.time())
 
 
 def job_report(journal: Journal, job_id: str) -> dict[str, Any]:

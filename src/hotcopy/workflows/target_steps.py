@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +29,7 @@ from hotcopy.transfer.base import (
     kill_marked,
     method_for,
 )
-from hotcopy.workflows.report import PROGRESS_JOURNAL_INTERVAL_S
+from hotcopy.workflows.report import ProgressRecorder
 from hotcopy.workflows.runner import StepContext
 
 log = logging.getLogger(__name__)
@@ -184,14 +183,11 @@ def pull(ctx: StepContext) -> dict[str, Any]:
                               "check_health", None)
     overflow: list[str] = []
 
-    journaled = [0.0]
+    record = ProgressRecorder(ctx.info)  # `hotcopy show` of the running job reads it
 
     def on_progress(done: int, total: int | None, rate: float | None) -> None:
         done_bytes[0] = done
-        now = time.monotonic()
-        if now - journaled[0] >= PROGRESS_JOURNAL_INTERVAL_S or (total and done >= total):
-            journaled[0] = now  # `hotcopy show` of the running job reads it from here
-            ctx.info(progress_bytes=done, progress_total=total, progress_at=time.time())
+        record(done, total)
         ctx.reporter.progress(done, total, rate)
         if total:
             ctx.faults.progress("pull", done / total)

@@ -87,8 +87,8 @@ def engine_kind(table: TableFacts) -> str | None:
 
 def _size(table: TableFacts) -> str:
     rows = f"~{table.rows:,} rows" if table.engine.lower() == "innodb" else f"{table.rows:,} rows"
-    mib = table.data_bytes / (1 << 20)
-    return rows + (f", {mib:,.0f} MiB" if mib >= 1 else "")
+    mb = table.data_bytes / 1e6  # decimal MB, the unit of every size hotcopy prints
+    return rows + (f", {mb:,.0f} MB" if mb >= 1 else "")
 
 
 def checks(facts: Facts) -> list[Finding]:
