@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(1800)
 
 @pytest.fixture(scope="module")
 def core_guest() -> Iterator[GuestRun]:
-    yield from boot("core", 1200)
+    yield from boot("core", 900)
 
 
 def test_core_guest_ran_only_the_core(core_guest: GuestRun) -> None:
