@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from hotcopy import remote
 from hotcopy.hosts.base import Executor
 from hotcopy.runtime import Runtime
 from hotcopy.saga import undo_action
@@ -82,13 +82,9 @@ def _undo_remove_file(runtime: Runtime, params: Mapping[str, Any]) -> None:
     runtime.executor(params["server"]).run(["rm", "-f", "--", params["path"]])
 
 
-HOLDERS_SCRIPT = Path(__file__).with_name("holders.sh")
-
-
 def holders(executor: Executor, paths: list[str]) -> list[str]:
     """"PID COMMAND" of every process holding something under paths on the host."""
-    script = HOLDERS_SCRIPT.read_text()
-    return executor.run(["sh", "-c", script, "holders", *paths],
+    return executor.run(remote.argv("holders.sh", *paths),
                         timeout=300).stdout.splitlines()
 
 

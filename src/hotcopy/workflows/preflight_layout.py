@@ -17,9 +17,11 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from hotcopy import remote
 from hotcopy.errors import MySQLError
 from hotcopy.hosts import Executor
 from hotcopy.mysql.server import Server
+from hotcopy.snapshot import zfs
 from hotcopy.snapshot.base import inside
 
 if TYPE_CHECKING:
@@ -105,20 +107,13 @@ def check_tablespaces(server: Server) -> list[tuple[str, str]]:
     return [(str(row.get("name") or "?"), str(row["path"])) for row in rows if row.get("path")]
 
 
-_NESTED = r'''
-dev=$(stat -c %d -- "$1") || exit 1
-find "$1" -xdev -mindepth 1 -type d -printf '%D\t%p\n' | while IFS="$(printf '\t')" read -r d p; do
-  [ "$d" = "$dev" ] || printf '%s\n' "$p"
-done
-'''
-
-
 def check_nested(report: Preflight, role: str, name: str, executor: Executor,
                  datadir: str) -> None:
     """A directory inside the datadir on another device: a mount, subvolume or dataset."""
     if not executor.exists(datadir):
         return
-    nested = executor.run(["sh", "-c", _NESTED, "nested", datadir], timeout=600).stdout.split("\n")
+    nested = executor.run(remote.argv("nested_filesystems.sh", datadir),
+                          timeout=600).stdout.split("\n")
     for path in filter(None, nested):
         report.error(f"{role}.layout", f"{role} {name}: {path} inside the datadir is another "
                      "filesystem (a mount point, a btrfs subvolume or a ZFS child dataset): "
@@ -129,7 +124,12 @@ def check_nested(report: Preflight, role: str, name: str, executor: Executor,
 
 def check_not_mount_point(report: Preflight, role: str, name: str, executor: Executor,
                           datadir: str) -> None:
-    """The target's datadir is moved aside by a rename, which a mount point refuses."""
+    """The target's datadir is moved aside by a rename, which a mount point refuses.
+
+    A ZFS dataset's mountpoint is the exception: the swap remounts the dataset instead.
+    """
+    if zfs.dataset_mounted_at(executor, datadir):
+        return
     found = executor.run(["findmnt", "-rn", "-o", "TARGET", "--mountpoint", datadir],
                          check=False).stdout.strip()
     if found:
