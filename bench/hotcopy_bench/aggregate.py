@@ -178,9 +178,9 @@ def journal_comparison(groups: dict[int, dict[str, Group]]) -> list[JournalRow]:
 
 
 def _as_today(key: str, sqlite: float | None, etcd: float | None) -> bool | None:
-    """The journal is written before and after the source's lock and pause, never
-    inside them, so etcd may not lengthen them beyond the noise SQLite runs show:
-    the flatness rule's bound (+50% or the absolute slack)."""
+    """Inside the lock and the pause the journal is still written (each step's record
+    and undo entry, one quorum write each with etcd), so etcd may lengthen them only
+    within the noise SQLite runs show: the flatness rule's bound (+50% or the slack)."""
     if sqlite is None or etcd is None:
         return None
     return etcd <= max(sqlite * (1 + FLAT_GROWTH_MAX), sqlite + FLAT_SLACK[key])
