@@ -22,6 +22,8 @@ FLAT_GROWTH_MAX = 0.5
 FLAT_SLACK = {"source_lock_ms": 10.0, "source_replication_paused_ms": 100.0}
 
 CLONES = ("hotcopy", "hotcopy_nopreflush", "mariabackup")
+#: The same clone as "hotcopy" with its journal in etcd (``--journal sqlite,etcd``).
+ETCD_PIPELINE = "hotcopy_etcd"
 
 
 @dataclass
@@ -139,4 +141,64 @@ def targets(groups: dict[int, dict[str, Group]]) -> list[Verdict]:
                                 None if r is None else r <= READ_P99_FACTOR_MAX))
     verdicts.append(_flat(groups, "source_lock_ms"))
     verdicts.append(_flat(groups, "source_replication_paused_ms"))
+    verdicts += journal_targets(groups)
+    return verdicts
+
+
+@dataclass
+class JournalRow:
+    size: int
+    journal: str
+    ok: int
+    failed: int
+    e2e_s: float | None
+    source_lock_ms: float | None
+    source_replication_paused_ms: float | None
+    e2e_vs_sqlite: float | None  # this journal's median end-to-end / SQLite's
+
+
+def journal_comparison(groups: dict[int, dict[str, Group]]) -> list[JournalRow]:
+    """Per size that ran the etcd pipeline: SQLite and etcd side by side (medians)."""
+    rows: list[JournalRow] = []
+    for size in sorted(groups):
+        by = groups[size]
+        if ETCD_PIPELINE not in by:
+            continue
+        sqlite = by.get("hotcopy")
+        base = sqlite.get("e2e_s") if sqlite else None
+        for journal, g in (("sqlite", sqlite), ("etcd", by[ETCD_PIPELINE])):
+            if g is None:
+                rows.append(JournalRow(size, journal, 0, 0, None, None, None, None))
+                continue
+            rows.append(JournalRow(size, journal, g.ok, g.failed, g.get("e2e_s"),
+                                   g.get("source_lock_ms"),
+                                   g.get("source_replication_paused_ms"),
+                                   stats.ratio(g.get("e2e_s"), base)))
+    return rows
+
+
+def _as_today(key: str, sqlite: float | None, etcd: float | None) -> bool | None:
+    """Inside the lock and the pause the journal is still written (each step's record
+    and undo entry, one quorum write each with etcd), so etcd may lengthen them only
+    within the noise SQLite runs show: the flatness rule's bound (+50% or the slack)."""
+    if sqlite is None or etcd is None:
+        return None
+    return etcd <= max(sqlite * (1 + FLAT_GROWTH_MAX), sqlite + FLAT_SLACK[key])
+
+
+def journal_targets(groups: dict[int, dict[str, Group]]) -> list[Verdict]:
+    verdicts: list[Verdict] = []
+    for size in sorted(groups):
+        by = groups[size]
+        if ETCD_PIPELINE not in by:
+            continue
+        sqlite, etcd = by.get("hotcopy"), by[ETCD_PIPELINE]
+        for key in ("source_lock_ms", "source_replication_paused_ms"):
+            low = sqlite.get(key) if sqlite else None
+            high = etcd.get(key)
+            verdicts.append(Verdict(
+                f"{key} with the etcd journal as with SQLite", stats.size_label(size),
+                f"{_fmt(high, ' ms', 1)} (SQLite {_fmt(low, ' ms', 1)})",
+                f"<= +{FLAT_GROWTH_MAX:.0%} (or +{FLAT_SLACK[key]:.0f} ms) of SQLite's",
+                _as_today(key, low, high)))
     return verdicts

@@ -1,4 +1,4 @@
-"""``scripts/bench [--sizes 1G,4G] [--runs 5] [--quick] [--transfer M,...]``.
+"""``scripts/bench [--sizes 1G,4G] [--runs 5] [--quick] [--transfer M,...] [--journal J,...]``.
 
 Needs root (the sandbox loop-mounts btrfs images; the page cache is dropped between
 runs). Writes bench/results/results.md, results.json and time_vs_size.png; raw logs
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE_CHOICES = ("baseline", "hotcopy", "hotcopy_nopreflush", "mariabackup", "floor",
-                    "method")
+                    "method", "hotcopy_etcd")
+JOURNAL_CHOICES = ("sqlite", "etcd")
 REQUIRED_TOOLS = ("sysbench", "mariabackup", "mbstream", "tar", "rsync", "mkfs.btrfs")
 
 
@@ -44,6 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "and the slowest method would dominate the run time)")
     parser.add_argument("--transfer", help="transfer methods to measure besides the default "
                         "(comma list; default: every method in src/hotcopy/transfer/)")
+    parser.add_argument("--journal", default="sqlite",
+                        help="journals to clone with (comma list of sqlite, etcd; default "
+                        "sqlite). etcd starts a 3-member etcd on loopback and adds the "
+                        "pipeline hotcopy_etcd, interleaved with hotcopy (SQLite)")
     parser.add_argument("--quick", action="store_true",
                         help="small data and few runs, to check the harness itself")
     parser.add_argument("--write-rate", type=int, default=40,
@@ -74,12 +79,28 @@ def options_from(args: argparse.Namespace) -> Options:
         raise SystemExit(f"--skip: unknown pipeline(s) {', '.join(sorted(unknown))}")
     transfers = None if args.transfer is None else [
         t.strip() for t in args.transfer.split(",") if t.strip()]
+    journals = parse_journals(args.journal)
     run_dir = args.workdir / time.strftime("run-%Y%m%d-%H%M%S")
     return Options(sizes=sizes, runs=runs, method_runs=args.method_runs or runs,
                    method_sizes=method_sizes(args.method_sizes, sizes),
                    transfers=transfers, write_rate=args.write_rate, read_rate=args.read_rate,
                    baseline_s=args.baseline_s or (8 if args.quick else 20),
-                   workdir=run_dir, quick=args.quick, keep=args.keep, skip=skip)
+                   workdir=run_dir, quick=args.quick, keep=args.keep, skip=skip,
+                   journals=journals)
+
+
+def parse_journals(text: str) -> list[str]:
+    """sqlite is always measured (it is the "hotcopy" pipeline every target is judged
+    on); etcd is measured beside it, so the ratio compares runs under the same load."""
+    journals = list(dict.fromkeys(j.strip() for j in text.split(",") if j.strip()))
+    unknown = [j for j in journals if j not in JOURNAL_CHOICES]
+    if unknown:
+        raise SystemExit(f"--journal: unknown journal(s) {', '.join(unknown)} "
+                         f"(choose from {', '.join(JOURNAL_CHOICES)})")
+    if "sqlite" not in journals:
+        raise SystemExit("--journal: sqlite must be among them (the etcd figures are "
+                         "reported against it)")
+    return journals
 
 
 def method_sizes(text: str, sizes: list[int]) -> list[int]:
@@ -104,10 +125,11 @@ def write_results(doc: dict[str, object], results: Path) -> None:
     print(f"results: {results / 'results.md'}, {results / 'time_vs_size.png'}")
 
 
-def _preflight() -> None:
+def _preflight(journals: list[str]) -> None:
     if os.geteuid() != 0:
         raise SystemExit("scripts/bench needs root (sandbox loop mounts, drop_caches)")
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    tools = [*REQUIRED_TOOLS, *(["etcd"] if "etcd" in journals else [])]
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"missing tools: {', '.join(missing)} (run scripts/bootstrap.sh)")
     try:
@@ -129,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         write_results(json.loads(args.report_only.read_text()), args.results)
         return 0
-    _preflight()
     options = options_from(args)
+    _preflight(options.journals)
     options.workdir.mkdir(parents=True)
     options.workdir.chmod(0o755)  # mariadbd runs as mysql and must traverse it
     doc = Harness(options, REPO).run()

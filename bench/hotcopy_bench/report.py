@@ -7,11 +7,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.hotcopy_bench import stats
-from bench.hotcopy_bench.aggregate import CLONES, Group, Verdict, group, targets
+from bench.hotcopy_bench.aggregate import (
+    CLONES,
+    ETCD_PIPELINE,
+    Group,
+    Verdict,
+    group,
+    journal_comparison,
+    targets,
+)
 
 PIPELINE_NAMES = {
     "hotcopy": "hotcopy (pre-flush on)",
     "hotcopy_nopreflush": "hotcopy (pre-flush off)",
+    ETCD_PIPELINE: "hotcopy (pre-flush on), etcd journal",
     "mariabackup": "mariabackup stream + prepare + move-back",
     "floor": "raw copy floor (tar | tar, cold cache)",
     "baseline": "no clone (baseline)",
@@ -85,7 +94,7 @@ def _setup(doc: dict[str, Any]) -> str:
 def _summary(size: int, by: dict[str, Group]) -> str:
     floor = by["floor"].get("e2e_s") if "floor" in by else None
     rows = []
-    order = [*CLONES, *sorted(p for p in by if p.startswith("method:")), "floor"]
+    order = [*CLONES, ETCD_PIPELINE, *sorted(p for p in by if p.startswith("method:")), "floor"]
     for pipeline in order:
         g = by.get(pipeline)
         if g is None:
@@ -211,6 +220,22 @@ def _methods(groups: dict[int, dict[str, Group]], unsupported: dict[str, str]) -
     return text
 
 
+def _journals(doc: dict[str, Any], groups: dict[int, dict[str, Group]]) -> str:
+    """``--journal sqlite,etcd``: the same clone with each journal, runs interleaved."""
+    etcd = doc.get("etcd") or {}
+    rows = [[stats.size_label(r.size), r.journal,
+             f"{r.ok}" + (f" ({r.failed} failed)" if r.failed else ""), num(r.e2e_s),
+             num(r.e2e_vs_sqlite, 3), num(r.source_lock_ms, 1),
+             num(r.source_replication_paused_ms, 0)]
+            for r in journal_comparison(groups)]
+    return (f"etcd: {etcd.get('members', '?')} members on this host (loopback, data on "
+            "the work directory's filesystem); every journal write is a quorum write. "
+            "SQLite: the sandbox's journal file. Same clone (pre-flush on, verify = "
+            "catchup), runs interleaved with the other pipelines.\n\n"
+            + md_table(["size", "journal", "runs", "end-to-end s (median)",
+                        "x SQLite", "source_lock_ms", "source_replication_paused_ms"], rows))
+
+
 def _where_time_goes(groups: dict[int, dict[str, Group]], verdicts: list[Verdict]) -> str:
     notes: list[str] = []
     missed = {v.target for v in verdicts if v.met is False}
@@ -262,6 +287,8 @@ def render(doc: dict[str, Any]) -> str:
         label = stats.size_label(size)
         parts += [f"## {label}: end-to-end and source impact", _summary(size, groups[size]),
                   f"### {label}: the shard while each pipeline runs", _impact(groups[size])]
+    if journal_comparison(groups):
+        parts += ["## Journal: etcd against SQLite", _journals(doc, groups)]
     parts += ["## hotcopy step by step", _steps(groups),
               "## Target start (InnoDB crash recovery) with and without the pre-flush",
               _preflush(groups),

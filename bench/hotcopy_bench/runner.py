@@ -22,11 +22,13 @@ from bench.hotcopy_bench import machine, pipelines, stats
 from bench.hotcopy_bench.mariabackup import mariabackup_clone
 from bench.hotcopy_bench.monitor import Monitors
 from bench.hotcopy_bench.shard import Shard, drop_caches, image_size_for
+from hotcopy.sandbox.etcd import EtcdCluster
 from hotcopy.transfer import base as transfer_base
 
 log = logging.getLogger(__name__)
 
 WARMUP_S = 10
+ETCD_MEMBERS = 3
 SETTLE_TIMEOUT_S = 900
 
 
@@ -44,6 +46,9 @@ class Options:
     quick: bool
     keep: bool
     skip: set[str] = field(default_factory=set)
+    #: Journals the hotcopy pipeline runs with; "etcd" adds the interleaved pipeline
+    #: "hotcopy_etcd" (same clone, journal in a 3-member etcd on this host).
+    journals: list[str] = field(default_factory=lambda: ["sqlite"])
 
 
 @dataclass
@@ -70,6 +75,8 @@ class Harness:
         self.started = time.time()
         self.doc: dict[str, Any] = {}
         self.configs: dict[bool, Path] = {}
+        self.etcd: EtcdCluster | None = None
+        self.etcd_config: Path | None = None
 
     # -- the run -------------------------------------------------------------------
 
@@ -87,12 +94,25 @@ class Harness:
                                               preflush=True),
                 False: self.shard.write_config(self.options.workdir / "no-preflush.toml",
                                                preflush=False)}
+            if "etcd" in self.options.journals:
+                self._etcd_up()
             for size in self.options.sizes:
                 self._size_phase(size)
         finally:
+            if self.etcd is not None:
+                self.etcd.stop()  # its data is under workdir, kept with the logs
             if not self.options.keep:
                 self.shard.down()
         return self._document()
+
+    def _etcd_up(self) -> None:
+        """A 3-member etcd on loopback, as the tests run it: every journal write of the
+        etcd pipeline is a quorum write among three processes on this host."""
+        self.etcd = EtcdCluster(self.options.workdir / "etcd", ETCD_MEMBERS).start()
+        self.etcd_config = self.shard.write_config(
+            self.options.workdir / "etcd.toml", preflush=True,
+            etcd_endpoints=self.etcd.endpoints)
+        self.doc["etcd"] = {"members": ETCD_MEMBERS, "endpoints": self.etcd.endpoints}
 
     def _document(self) -> dict[str, Any]:
         self.doc.update({
@@ -137,11 +157,15 @@ class Harness:
             ("baseline", lambda: pipelines.baseline(opts.baseline_s)),
             ("hotcopy", lambda: pipelines.hotcopy_clone(self.configs[True], None, logs,
                                                         f"hotcopy-{tag}")),
+            ("hotcopy_etcd", lambda: pipelines.hotcopy_clone(self._etcd_config(), None, logs,
+                                                             f"hotcopy-etcd-{tag}")),
             ("hotcopy_nopreflush", lambda: pipelines.hotcopy_clone(
                 self.configs[False], None, logs, f"hotcopy-nopreflush-{tag}")),
             ("mariabackup", lambda: mariabackup_clone(self.shard, logs, f"mariabackup-{tag}")),
             ("floor", lambda: pipelines.raw_copy(self.shard, logs)),
         ]
+        if "etcd" not in opts.journals:
+            plan = [(name, action) for name, action in plan if name != "hotcopy_etcd"]
         yield from ((name, action) for name, action in plan if name not in opts.skip)
         if run > opts.method_runs or "method" in opts.skip:
             return
@@ -149,6 +173,11 @@ class Harness:
             return
         for method in self._extra_methods():
             yield f"method:{method}", self._method_action(method, logs, tag)
+
+    def _etcd_config(self) -> Path:
+        if self.etcd_config is None:
+            raise pipelines.PipelineError("the etcd journal was not started")
+        return self.etcd_config
 
     def _method_action(self, method: str, logs: Path,
                        tag: str) -> Callable[[], dict[str, Any]]:

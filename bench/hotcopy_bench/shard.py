@@ -11,9 +11,11 @@ measured, then tables are added in another schema up to the next size, and so on
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -121,14 +123,18 @@ class Shard:
     def datadir(self, name: str) -> Path:
         return self.sandbox_info.datadir(name)
 
-    def write_config(self, path: Path, *, preflush: bool) -> Path:
+    def write_config(self, path: Path, *, preflush: bool,
+                     etcd_endpoints: list[str] | None = None) -> Path:
         """The sandbox's hotcopy.toml plus the bench's [clone] settings.
 
         verify = "catchup": the end-to-end time is measured to a caught-up target, as
         for mariabackup; a checksum verify would add a second source pause that no
-        alternative pays.
+        alternative pays. With ``etcd_endpoints`` the journal is etcd instead of the
+        sandbox's SQLite file (the sandbox's own state is unaffected).
         """
         text = self.sandbox_info.config_path.read_text()
+        if etcd_endpoints:
+            text = with_etcd_journal(text, etcd_endpoints)
         text += ("\n[clone]\nverify = \"catchup\"\n"
                  f"preflush_dirty_pages = {'true' if preflush else 'false'}\n")
         path.write_text(text)
@@ -225,3 +231,13 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def with_etcd_journal(config_text: str, endpoints: list[str]) -> str:
+    """The sandbox config with its SQLite [journal] replaced by etcd at ``endpoints``."""
+    journal = (f'[journal]\nbackend = "etcd"\nendpoints = {json.dumps(endpoints)}\n'
+               'prefix = "/bench"\n')
+    text, n = re.subn(r"\[journal\]\npath = [^\n]*\n", lambda _: journal, config_text)
+    if n != 1:
+        raise ValueError("the sandbox config has no [journal] path to replace")
+    return text

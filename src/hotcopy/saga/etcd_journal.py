@@ -19,174 +19,37 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from hotcopy.errors import RefusedError
-from hotcopy.saga.etcd_client import (
-    EtcdAuthError,
-    EtcdClient,
-    EtcdError,
-    EtcdUnavailable,
-    KeyValue,
-    cmp_create,
-    cmp_mod,
-    first_kv,
-    op_delete,
-    op_get,
-    op_put,
-)
-from hotcopy.saga.etcd_lease import LeaseKeeper
+from hotcopy.saga.etcd_client import cmp_create, cmp_mod, first_kv, op_delete, op_get, op_put
+from hotcopy.saga.etcd_records import EtcdRecords
+from hotcopy.saga.etcd_store import _dump
 from hotcopy.saga.journal import (
-    OUTSTANDING,
-    STEP_OUTCOMES,
     TERMINAL_STATES,
-    EntryState,
-    FencedOut,
     Job,
-    JobNotFound,
     JobState,
     Journal,
-    JournalUnavailable,
     LockConflict,
     LockInfo,
     OwnerAlive,
     Ownership,
-    StepRecord,
-    UndoEntry,
     dump_json,
     new_job_id,
-    refuse_unless_running,
 )
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-_ATTEMPTS = 8
-"""Compare failures caused by our own earlier (ambiguous) write are re-read and retried."""
 
+class EtcdJournal(EtcdRecords):
+    """A Journal in etcd; one lease per instance (per controller process).
 
-def _dump(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-class EtcdJournal:
-    """A Journal in etcd; one lease per instance (per controller process)."""
-
-    def __init__(
-        self, client: EtcdClient, shard: str, *, prefix: str = "/hotcopy", lease_ttl_s: int = 10,
-        margin_s: float | None = None,
-    ) -> None:
-        self.client = client
-        self.shard = shard
-        self.root = f"{prefix.rstrip('/')}/{shard}/"
-        self.lease_ttl_s = lease_ttl_s
-        self.margin_s = margin_s if margin_s is not None else max(1.0, lease_ttl_s / 3)
-        self._owned: dict[str, Ownership] = {}
-        # What this owner last wrote, so a write costs one round trip (the txn), not a
-        # read first. Only the owner writes a job's keys (every write is fenced), so the
-        # cache can only be stale after our own ambiguous write: its compare then fails,
-        # the entry is dropped and the write retried on a fresh read.
-        self._kv: dict[str, KeyValue] = {}
-        self._next_seq: dict[str, int] = {}
-        self._steps_kv: dict[str, list[KeyValue]] = {}
-        self._lock = threading.RLock()
-        self.lease = LeaseKeeper(client, lease_ttl_s)
-        self.where = f"the etcd journal {self.root} at {', '.join(client.endpoints)}"
-
-    # plumbing -----------------------------------------------------------------------
-
-    def _key(self, *parts: str) -> str:
-        return self.root + "/".join(parts)
-
-    @contextmanager
-    def _etcd(self, job_id: str | None = None) -> Iterator[None]:
-        """etcd's failures as the journal's: unreachable -> JournalUnavailable."""
-        try:
-            yield
-        except EtcdAuthError as exc:
-            raise JournalUnavailable(
-                f"{exc}", hint="check [journal] auth_file and the tls_* files") from exc
-        except EtcdUnavailable as exc:
-            what = f"job {job_id}: " if job_id else ""
-            raise JournalUnavailable(
-                f"{what}the etcd journal is unreachable, so no change can be recorded "
-                f"first and none is made: {exc}",
-                hint=f"once etcd is back, `hotcopy show {job_id}` and `hotcopy rollback "
-                f"{job_id}`" if job_id else "check the [journal] endpoints and the network",
-            ) from exc
-        except EtcdError as exc:
-            raise JournalUnavailable(f"{exc}") from exc
-
-    def _ensure_lease(self) -> int:
-        with self._etcd():
-            return self.lease.ensure()
-
-    def lease_valid_for(self) -> float:
-        """Seconds this process may still trust its lease, by its own clock."""
-        return self.lease.valid_for()
-
-    def _owner_key(self, job_id: str) -> str:
-        return self._key("owners", job_id)
-
-    def _fenced(
-        self, job_id: str, compares: Sequence[Mapping[str, Any]],
-        success: Sequence[Mapping[str, Any]], failure: Sequence[Mapping[str, Any]] = (),
-    ) -> tuple[bool, list[dict[str, Any]]]:
-        """One txn that also compares our ownership; FencedOut if that part failed."""
-        mine = self._owned.get(job_id)
-        if mine is None:
-            self._require_job(job_id)
-            raise FencedOut(job_id, "this process never claimed it")
-        owner = self._owner_key(job_id)
-        with self._etcd(job_id):
-            ok, responses = self.client.txn(
-                [cmp_create(owner, mine.epoch), *compares], success,
-                [op_get(owner), *failure])
-        if ok:
-            return True, responses
-        current = first_kv(responses[0])
-        if current is None or current.create_revision != mine.epoch:
-            self._owned.pop(job_id, None)
-            why = ("its lease expired" if current is None else
-                   f"epoch {mine.epoch} was superseded by {current.create_revision}")
-            raise FencedOut(job_id, why)
-        return False, responses[1:]
-
-    def _get_kv(self, key: str, job_id: str | None = None) -> KeyValue | None:
-        with self._etcd(job_id):
-            return self.client.get(key)
-
-    def _prefix(self, prefix: str, job_id: str | None = None) -> list[KeyValue]:
-        with self._etcd(job_id):
-            return self.client.get_prefix(prefix)
-
-    def _job_kv(self, job_id: str) -> KeyValue:
-        kv = self._get_kv(self._key("jobs", job_id), job_id)
-        if kv is None:
-            raise JobNotFound(job_id, self.where)
-        return kv
-
-    def _require_job(self, job_id: str) -> None:
-        self._job_kv(job_id)
-
-    def _retry(self, job_id: str, attempt: Callable[[], T | None]) -> T:
-        for _ in range(_ATTEMPTS):
-            result = attempt()
-            if result is not None:
-                return result
-        raise JournalUnavailable(f"job {job_id}: etcd kept changing under this write "
-                                 f"({_ATTEMPTS} attempts)")
+    Jobs, ownership and locks live here; undo entries and steps in EtcdRecords; the
+    key layout, codecs and the fenced write in EtcdStore."""
 
     # jobs ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _job(raw: str) -> Job:
-        fields = json.loads(raw)
-        return Job(**{**fields, "state": JobState(fields["state"])})
 
     def create_job(
         self, kind: str, params: Mapping[str, Any], job_id: str | None = None
@@ -223,37 +86,6 @@ class EtcdJournal:
             log.info("job %s (%s) created in etcd", candidate, kind)
             return self.get_job(candidate)
         raise RuntimeError("could not find a free job id after 20 tries")
-
-    def _put_epoch(self, job_id: str, epoch: int, **extra: Any) -> None:
-        self._modify_job(job_id, lambda job: job.update(owner_epoch=epoch, **extra))
-
-    def _put_cas(
-        self, job_id: str, key: str, value: str, revision: int,
-        compares: Sequence[Mapping[str, Any]] = (),
-    ) -> KeyValue | None:
-        """Put ``key`` if it is still at ``revision`` (0: absent) and we still own the
-        job; the new version is read back in the same txn and cached. None: retry."""
-        ok, responses = self._fenced(job_id, [cmp_mod(key, revision), *compares],
-                                     [op_put(key, value), op_get(key)])
-        if not ok:
-            self._kv.pop(key, None)
-            return None
-        kv = first_kv(responses[1])
-        assert kv is not None
-        self._kv[key] = kv
-        return kv
-
-    def _modify_job(self, job_id: str, change: Callable[[dict[str, Any]], None]) -> None:
-        key = self._key("jobs", job_id)
-
-        def attempt() -> bool | None:
-            kv = self._kv.get(key) or self._job_kv(job_id)
-            job = json.loads(kv.value)
-            change(job)
-            job["updated"] = time.time()
-            return True if self._put_cas(job_id, key, _dump(job), kv.mod_revision) else None
-
-        self._retry(job_id, attempt)
 
     def get_job(self, job_id: str) -> Job:
         return self._job(self._job_kv(job_id).value)
@@ -313,183 +145,6 @@ class EtcdJournal:
 
     def ownership(self, job_id: str) -> Ownership | None:
         return self._owned.get(job_id)
-
-    # undo entries -----------------------------------------------------------------------
-
-    @staticmethod
-    def _entry(raw: str) -> UndoEntry:
-        fields = json.loads(raw)
-        fields.pop("claimed_epoch", None)
-        return UndoEntry(**{**fields, "state": EntryState(fields["state"])})
-
-    def _entry_key(self, job_id: str, seq: int) -> str:
-        return self._key("undo", job_id, f"{seq:08d}")
-
-    def append_undo(
-        self, job_id: str, action: str, params: Mapping[str, Any], label: str,
-        step: str | None,
-    ) -> UndoEntry:
-        params_json = dump_json(params)
-        now = time.time()
-        job_key = self._key("jobs", job_id)
-
-        def attempt() -> UndoEntry | None:
-            job = self._kv.get(job_key) or self._job_kv(job_id)
-            refuse_unless_running(job_id, json.loads(job.value)["state"])
-            seq = self._next_seq.get(job_id) or 1 + len(
-                self._prefix(self._key("undo", job_id, ""), job_id))
-            value = _dump({"job_id": job_id, "seq": seq, "action": action,
-                           "params": json.loads(params_json), "label": label, "step": step,
-                           "state": EntryState.PENDING.value, "attempts": 0, "error": None,
-                           "created": now, "finished": None})
-            key = self._entry_key(job_id, seq)
-            # The job's revision is compared so that its state is still "running" when
-            # the entry lands: a rollback begun meanwhile never misses it.
-            if self._put_cas(job_id, key, value, 0, [cmp_mod(job_key, job.mod_revision)]):
-                self._next_seq[job_id] = seq + 1
-                return self._entry(value)
-            self._next_seq.pop(job_id, None)
-            self._kv.pop(job_key, None)
-            kv = self._get_kv(key, job_id)
-            if kv is not None and kv.value == value:  # our own write, answered late
-                self._kv[key] = kv
-                self._next_seq[job_id] = seq + 1
-                return self._entry(value)
-            return None
-
-        entry = self._retry(job_id, attempt)
-        self._refuse_if_lease_lapsing(job_id, "making the change")
-        return entry
-
-    def _modify_entry(
-        self, job_id: str, seq: int, change: Callable[[dict[str, Any]], None],
-    ) -> UndoEntry:
-        key = self._entry_key(job_id, seq)
-
-        def attempt() -> UndoEntry | None:
-            kv = self._kv.get(key) or self._get_kv(key, job_id)
-            if kv is None:
-                self._require_job(job_id)
-                raise ValueError(f"job {job_id} has no undo entry #{seq}")
-            entry = json.loads(kv.value)
-            change(entry)
-            value = _dump(entry)
-            return self._entry(value) if self._put_cas(job_id, key, value,
-                                                       kv.mod_revision) else None
-
-        return self._retry(job_id, attempt)
-
-    def claim_undo(self, job_id: str, seq: int) -> UndoEntry:
-        epoch = self._owned[job_id].epoch if job_id in self._owned else 0
-
-        def change(entry: dict[str, Any]) -> None:
-            if EntryState(entry["state"]) not in OUTSTANDING:
-                raise ValueError(f"undo #{seq} of job {job_id} is {entry['state']}, not "
-                                 "outstanding")
-            entry["claimed_epoch"] = epoch
-
-        entry = self._modify_entry(job_id, seq, change)
-        self._refuse_if_lease_lapsing(job_id, "running this undo")
-        return entry
-
-    def _refuse_if_lease_lapsing(self, job_id: str, what: str) -> None:
-        """Recorded, but our lease may lapse before we act: a new owner could then act
-        on the same entry at the same time. By our own clock, with a margin: stop."""
-        left = self.lease_valid_for()
-        if left < self.margin_s:
-            raise JournalUnavailable(
-                f"job {job_id}: this controller's etcd lease is valid for only {left:.1f} s "
-                f"more; it stops before {what}",
-                hint=f"after the lease expired, `hotcopy rollback {job_id}` from any host")
-
-    def set_undo_state(
-        self, job_id: str, seq: int, state: EntryState, *, attempts: int, error: str | None
-    ) -> None:
-        state = EntryState(state)
-        finished = None if state is EntryState.PENDING else time.time()
-
-        def change(entry: dict[str, Any]) -> None:
-            entry.update(state=state.value, attempts=attempts, error=error, finished=finished)
-
-        self._modify_entry(job_id, seq, change)
-
-    def undo_entries(
-        self, job_id: str, states: Collection[EntryState] | None = None
-    ) -> list[UndoEntry]:
-        entries = [self._entry(kv.value)
-                   for kv in self._prefix(self._key("undo", job_id, ""), job_id)]
-        if states is not None:
-            wanted = {EntryState(s) for s in states}
-            entries = [e for e in entries if e.state in wanted]
-        return sorted(entries, key=lambda e: e.seq)
-
-    # steps --------------------------------------------------------------------------
-
-    def _step_kvs(self, job_id: str) -> list[KeyValue]:
-        return self._prefix(self._key("steps", job_id, ""), job_id)
-
-    def _own_steps(self, job_id: str) -> list[KeyValue]:
-        if job_id not in self._steps_kv:
-            self._steps_kv[job_id] = self._step_kvs(job_id)
-        return self._steps_kv[job_id]
-
-    def _put_step(self, job_id: str, record: dict[str, Any], n: int, revision: int) -> bool:
-        key = self._key("steps", job_id, f"{n:06d}")
-        kv = self._put_cas(job_id, key, _dump(record), revision)
-        cached = self._steps_kv.get(job_id)
-        if kv is None or cached is None:
-            self._steps_kv.pop(job_id, None)
-            return kv is not None
-        if n <= len(cached):
-            cached[n - 1] = kv
-        else:
-            cached.append(kv)
-        return True
-
-    def step_started(self, job_id: str, name: str) -> None:
-        now = time.time()
-
-        def attempt() -> bool | None:
-            kvs = self._own_steps(job_id)
-            tries = [json.loads(kv.value) for kv in kvs]
-            record = {"job_id": job_id, "name": name, "started": now, "ended": None,
-                      "outcome": "running", "outputs": {}, "error": None,
-                      "attempt": 1 + sum(1 for t in tries if t["name"] == name)}
-            return True if self._put_step(job_id, record, len(kvs) + 1, 0) else None
-
-        self._retry(job_id, attempt)
-
-    def step_finished(
-        self, job_id: str, name: str, outcome: str,
-        outputs: Mapping[str, Any] | None = None, error: str | None = None,
-    ) -> None:
-        if outcome not in STEP_OUTCOMES:
-            raise ValueError(f"step outcome must be one of {sorted(STEP_OUTCOMES)}: {outcome!r}")
-        outputs_json = dump_json(outputs or {}, "outputs")
-        now = time.time()
-
-        def attempt() -> bool | None:
-            kvs = self._own_steps(job_id)
-            latest = next(((n, kv) for n, kv in reversed(list(enumerate(kvs, 1)))
-                           if json.loads(kv.value)["name"] == name), None)
-            if latest is None:  # a step skipped without ever starting
-                n, revision = len(kvs) + 1, 0
-                record = {"job_id": job_id, "name": name, "started": now, "attempt": 1}
-            else:
-                n, kv = latest
-                revision, record = kv.mod_revision, json.loads(kv.value)
-            record.update(ended=None if outcome == "running" else now, outcome=outcome,
-                          outputs=json.loads(outputs_json), error=error)
-            return True if self._put_step(job_id, record, n, revision) else None
-
-        self._retry(job_id, attempt)
-
-    def steps(self, job_id: str) -> list[StepRecord]:
-        latest: dict[str, tuple[int, StepRecord]] = {}
-        for n, kv in enumerate(self._step_kvs(job_id), 1):
-            record = StepRecord(**json.loads(kv.value))
-            latest[record.name] = (n, record)
-        return [record for _, record in sorted(latest.values(), key=lambda item: item[0])]
 
     # locks ----------------------------------------------------------------------------
 
