@@ -19,7 +19,7 @@ def test_wheel_installs_in_a_fresh_venv_and_runs(tmp_path: Path) -> None:
     wheels = list(dist.glob("hotcopy-*.whl"))
     assert [w.name for w in wheels] == [f"hotcopy-{hotcopy.__version__}-py3-none-any.whl"]
     names = zipfile.ZipFile(wheels[0]).namelist()
-    assert "hotcopy/cli.py" in names and "hotcopy/py.typed" in names
+    assert "hotcopy/cli/__init__.py" in names and "hotcopy/py.typed" in names
     shipped = {n for n in names if n.endswith(".sh")}
     expected = {str(p.relative_to(REPO / "src")) for p in (REPO / "src").rglob("*.sh")}
     assert shipped == expected  # every shell program the package runs on hosts
