@@ -287,6 +287,10 @@ def wait_job(g: Group, reader: EtcdJournal, target: str, since: float) -> Job:
 def assert_reseeded(g: Group, job: Job, target: str) -> None:
     """The target replicates from the master again, with the master's data; the donor too;
     nothing of the job is left on any host, nothing runs there but sshd and mariadbd."""
+    # The job is committed at the commit point; removing the old datadir follows it.
+    assert wait_for(lambda: any(s.name == "commit" and s.outcome == "done"
+                                for s in g.journal().steps(job.id)), 300, 0.5), \
+        f"job {job.id} never finished its cleanup"
     rt = g.rt
     master, replica = rt.server(g.info.master), rt.server(target)
     replica.close()
