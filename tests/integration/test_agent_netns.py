@@ -286,7 +286,8 @@ def wait_job(g: Group, reader: EtcdJournal, target: str, since: float) -> Job:
 
 def assert_reseeded(g: Group, job: Job, target: str) -> None:
     """The target replicates from the master again, with the master's data; the donor too;
-    nothing of the job is left on any host, nothing runs there but sshd and mariadbd."""
+    nothing of the job is left on any host and, once the agents stopped, nothing runs
+    there but sshd and mariadbd."""
     # The job is committed at the commit point; removing the old datadir follows it.
     assert wait_for(lambda: any(s.name == "commit" and s.outcome == "done"
                                 for s in g.journal().steps(job.id)), 300, 0.5), \
@@ -299,6 +300,9 @@ def assert_reseeded(g: Group, job: Job, target: str) -> None:
     donor = rt.server(str(job.params["source"]))
     wait_replicating(donor, master)
     assert leftovers(g.info) == []
+    # The agents' polls run commands on the hosts: look for what is left once they stopped.
+    for host in g.hosts:
+        stop_agent(host)
     assert processes_naming(job.id) == []
     assert host_programs(g.info) <= {"sshd", "mariadbd"}, "no daemon or client left running"
 
