@@ -50,6 +50,7 @@ def test_a_dead_leader_is_replaced_after_its_ttl(etcd_single: EtcdCluster) -> No
     dead, alive = store(etcd_single, prefix), store(etcd_single, prefix)
     assert dead.campaign("dead", 2, time.time())
     assert not alive.campaign("alive", 2, time.time())
+    dead.close()  # its process is gone: nothing renews its lease any more (not revoked)
     deadline = time.monotonic() + 15  # the dead one never renews: etcd expires its lease
     while not alive.campaign("alive", 2, time.time()):
         assert time.monotonic() < deadline, "the leader key outlived its lease"
@@ -57,6 +58,33 @@ def test_a_dead_leader_is_replaced_after_its_ttl(etcd_single: EtcdCluster) -> No
     leader = alive.leader(time.time())
     assert leader is not None and leader[0] == "alive"
     alive.resign("alive")
+
+
+def test_a_leader_busy_longer_than_its_ttl_stays_leader(etcd_single: EtcdCluster) -> None:
+    """A poll over ssh can outlast the TTL: the lease is renewed meanwhile, not lost."""
+    prefix = unique_prefix()
+    busy, other = store(etcd_single, prefix), store(etcd_single, prefix)
+    assert busy.campaign("busy", 2, time.time())
+    time.sleep(3 * 2)  # three TTLs without a campaign: one poll that took that long
+    assert not other.campaign("other", 2, time.time())
+    assert busy.campaign("busy", 2, time.time()), "the leader lost its lease mid-poll"
+    busy.resign("busy")
+    other.resign("other")
+
+
+def test_a_hung_loop_gives_the_leadership_up(etcd_single: EtcdCluster,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(etcd_store, "STALL_S", 1.0)
+    prefix = unique_prefix()
+    hung, alive = store(etcd_single, prefix), store(etcd_single, prefix)
+    assert hung.campaign("hung", 2, time.time())
+    deadline = time.monotonic() + 15  # the keeper stops after STALL_S; then the TTL runs
+    while not alive.campaign("alive", 2, time.time()):
+        assert time.monotonic() < deadline, "a hung loop kept the leadership"
+        time.sleep(0.2)
+    assert not hung.campaign("hung", 2, time.time())
+    alive.resign("alive")
+    hung.close()
 
 
 def test_pause_marks_history_and_decisions_are_shared(etcd_single: EtcdCluster,

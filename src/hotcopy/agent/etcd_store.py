@@ -5,12 +5,20 @@ the candidate's own lease, so it vanishes with that lease. A leader that cannot 
 its lease (etcd unreachable, lease expired) is no leader from that moment: ``campaign``
 answers False and the loop does nothing until it wins again. Every other key is plain
 data (pause, marks, decisions, re-seed history, status), so it survives every agent.
+
+The leader's lease is renewed by a thread of its own, every third of the TTL, not only
+at each poll: a poll that reaches four hosts over ssh and audits them can take longer
+than the TTL, and a lease renewed only per poll then expires in every poll; the
+leadership passed round the agents and none ever acted (found by the netns test). The
+thread stops renewing when the loop has not campaigned for ``STALL_S``: a hung loop
+must not keep the leadership from a live agent for ever.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -32,6 +40,8 @@ from hotcopy.saga.etcd_client import (
 log = logging.getLogger(__name__)
 
 KEEP_DECISIONS = 500
+#: A loop that has not campaigned for this long is hung: its lease is left to expire.
+STALL_S = 120.0
 
 
 class EtcdAgentStore:
@@ -41,6 +51,9 @@ class EtcdAgentStore:
         self.base = f"{prefix.rstrip('/')}/agent/{shard}/"
         self.ttl = max(2, round(lease_ttl_s))
         self._lease = 0
+        self._campaigned = time.monotonic()
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     def _k(self, *parts: str) -> str:
         return self.base + "/".join(parts)
@@ -147,6 +160,7 @@ class EtcdAgentStore:
     def campaign(self, agent_id: str, ttl_s: float, now: float) -> bool:
         """Leader iff the leader key holds our id on our live lease, after this call."""
         key = self._k("leader")
+        self._campaigned = time.monotonic()
         try:
             if self._lease and self.client.lease_keepalive(self._lease) <= 0:
                 # Stop acting now; campaign afresh at the next poll like any other agent.
@@ -161,6 +175,7 @@ class EtcdAgentStore:
                                              [op_put(key, value, self._lease)], [op_get(key)])
             if won:
                 log.info("agent %s is the leader", agent_id, extra={"event": "elected"})
+                self._keep(self._lease)
                 return True
             current = first_kv(responses[0]) if responses else None
             return (current is not None and current.lease == self._lease
@@ -169,6 +184,33 @@ class EtcdAgentStore:
             log.warning("agent %s cannot reach etcd (%s): not acting", agent_id, exc,
                         extra={"event": "etcd-unreachable"})
             return False
+
+    def _keep(self, lease: int) -> None:
+        """Renew our lease in the background from now on, while the loop is alive."""
+        if self._keeper is None:
+            self._keeper = threading.Thread(target=self._keep_alive, daemon=True,
+                                            name=f"agent-lease-{lease:x}")
+            self._keeper.start()
+
+    def _keep_alive(self) -> None:
+        """Lives as long as the store; renews whichever lease is ours (none: nothing)."""
+        stalled = False
+        while not self._stop.wait(self.ttl / 3):
+            lease = self._lease
+            if not lease:
+                continue  # lost or not won: campaign() decides, not this thread
+            if time.monotonic() - self._campaigned > STALL_S:
+                if not stalled:
+                    log.warning("the agent loop has not polled for %.0fs: no longer renewing "
+                                "its leader lease", STALL_S, extra={"event": "loop-stalled"})
+                stalled = True
+                continue
+            stalled = False
+            try:
+                self.client.lease_keepalive(lease)  # expired: the next campaign says so
+            except EtcdError as exc:
+                log.warning("renewing the leader lease: %s", exc,
+                            extra={"event": "etcd-unreachable"})
 
     def leader(self, now: float) -> tuple[str, float] | None:
         kv = self.client.get(self._k("leader"))
@@ -189,6 +231,8 @@ class EtcdAgentStore:
         except EtcdError as exc:
             log.warning("resigning: %s (the lease expires by itself)", exc)
         self._lease = 0
+        self._stop.set()
 
     def close(self) -> None:
+        self._stop.set()
         self._lease = 0

@@ -3,7 +3,7 @@
 It must answer when no agent runs (that is when an operator asks most): the leader's
 last published poll, every agent's heartbeat, the pause, the decisions, the flap
 windows (computed from the re-seed history, so they are right even if the leader is
-gone) and the unfinished job with its current step.
+gone) and the unfinished job with its current step and the bytes copied so far.
 """
 
 from __future__ import annotations
@@ -52,7 +52,12 @@ def build(config: Config, store: AgentStore, journal: Journal, now: float) -> di
                      "controller": {"host": job.owner_host, "pid": job.owner_pid},
                      "step": current.name if current else None,
                      "step_outcome": current.outcome if current else None,
-                     "steps_done": sum(1 for s in steps if s.outcome == "done")})
+                     "steps_done": sum(1 for s in steps if s.outcome == "done"),
+                     # What the copy recorded in the journal (as `hotcopy show` reads it):
+                     # an operator sees the bytes so far also when the leader is gone.
+                     "bytes_done": job.info.get("progress_bytes"),
+                     "bytes_expected": job.info.get("progress_total"),
+                     "progress_at": job.info.get("progress_at")})
     ttl = config.agent.lease_ttl_s
     agents = [{**a, "alive": now - float(a["seen"]) < max(3 * config.agent.interval_s, ttl)}
               for a in store.agents()]

@@ -19,6 +19,7 @@ from hotcopy.cli.base import (
     cli,
     out_console,
 )
+from hotcopy.progress import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,11 @@ def _render_agent_status(report: dict[str, Any]) -> None:
         out_console.print(f"flap window: {escape(window['replica'])} not re-seeded again until "
                           f"{window['until_utc']}")
     for job in report["jobs"]:
+        done, expected = job.get("bytes_done"), job.get("bytes_expected")
+        copied = "" if done is None else f"; {human_bytes(done)}" + (
+            f" of {human_bytes(expected)} ({done / expected:.0%})" if expected else "") + " copied"
         out_console.print(f"job {job['job']} {job['state']} {job['source']} -> {job['target']}"
-                          f" at step {job['step']} ({job['step_outcome']})")
+                          f" at step {job['step']} ({job['step_outcome']}){copied}")
     for decision in report["decisions"][:10]:
         stamp = time.strftime("%H:%M:%S", time.gmtime(decision["at"]))
         out_console.print(f"{stamp} {decision['action']} {escape(decision['target'] or '-')}"
