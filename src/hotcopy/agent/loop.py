@@ -25,6 +25,7 @@ from hotcopy.config import Config
 from hotcopy.errors import HotcopyError
 from hotcopy.runtime import Runtime
 from hotcopy.saga import TERMINAL_STATES, Job, JobState, Journal, LockInfo
+from hotcopy.saga.journal import hotcopy_pid_alive
 from hotcopy.workflows.report import job_report
 
 log = logging.getLogger(__name__)
@@ -52,24 +53,6 @@ def operator() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def pid_alive(pid: int | None) -> bool:
-    """A live hotcopy process on this host; a recycled pid running something else is not
-    (the same rule the SQLite journal's claim applies)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"hotcopy" in handle.read()
-    except OSError:
-        return False
-
-
 def owner_alive(job: Job, locks: list[LockInfo], *, etcd: bool) -> bool:
     """Whether a job's controller still runs, as far as the journal can tell.
 
@@ -82,7 +65,7 @@ def owner_alive(job: Job, locks: list[LockInfo], *, etcd: bool) -> bool:
     if leases:
         return max(leases) > 0
     if job.owner_host == socket.gethostname():
-        return pid_alive(job.owner_pid)
+        return hotcopy_pid_alive(job.owner_pid)
     return not etcd
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import secrets
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -210,6 +211,24 @@ def refuse_unless_running(job_id: str, state: str) -> None:
             f"job {job_id} is {state}; refusing to record new changes for it",
             hint=f"`hotcopy show {job_id}` shows what happened to it",
         )
+
+
+def hotcopy_pid_alive(pid: int | None) -> bool:
+    """Is ``pid`` a live hotcopy process on this host? A recycled pid running something
+    else does not count, which is why the command line is read too."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"hotcopy" in handle.read()
+    except OSError:
+        return False
 
 
 def new_job_id(now: float | None = None) -> str:

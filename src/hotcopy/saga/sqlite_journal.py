@@ -38,6 +38,7 @@ from hotcopy.saga.journal import (
     StepRecord,
     UndoEntry,
     dump_json,
+    hotcopy_pid_alive,
     new_job_id,
     refuse_unless_running,
 )
@@ -69,22 +70,6 @@ _SCHEMA_V2 = (
     "ALTER TABLE undo ADD COLUMN claimed_epoch INTEGER",
 )
 _LIVE_STATES = (JobState.RUNNING.value, JobState.ROLLING_BACK.value)
-
-
-def _hotcopy_pid_alive(pid: int) -> bool:
-    """Is ``pid`` a live hotcopy process on this host? A recycled pid running something
-    else does not count, which is why the command line is read too."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return b"hotcopy" in handle.read()
-    except OSError:
-        return False
 
 
 def job_from_row(row: sqlite3.Row) -> Job:
@@ -326,7 +311,7 @@ class SqliteJournal:
             holder_pid = row["owner_pid"]
             if (row["owner_host"] == socket.gethostname() and holder_pid
                     and holder_pid != os.getpid() and row["state"] in _LIVE_STATES
-                    and _hotcopy_pid_alive(int(holder_pid))):
+                    and hotcopy_pid_alive(int(holder_pid))):
                 raise OwnerAlive(job_id, f"pid {holder_pid} on {row['owner_host']}")
             db.execute(
                 "UPDATE jobs SET owner_host = ?, owner_pid = ?, owner_epoch = ?,"
