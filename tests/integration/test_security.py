@@ -171,7 +171,7 @@ def test_no_secret_in_process_lists_output_journal_or_logs(hosts: SandboxInfo) -
     passwords = {password_in(hosts.admin_option_file), password_in(hosts.repl_option_file)}
     with Sampler(state_dir) as sampler:
         proc = run_cli("clone", "--config", str(config), "--source", SOURCE, "--target", TARGET,
-                       "--yes", "--json")
+                       "--yes", "--json", "--create-journal")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["state"] == "committed"
     # The sampling covered the transfer: both ends and their secret were seen.
@@ -204,7 +204,7 @@ def sampled_clone(info: SandboxInfo, name: str, method: str,
     extra = [] if method == "backup" else ["--transfer", method]
     with Sampler(state_dir) as sampler:
         proc = run_cli("clone", "--config", str(config), "--source", SOURCE, "--target", TARGET,
-                       "--yes", "--json", *extra)
+                       "--yes", "--json", "--create-journal", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["state"] == "committed"
     return proc, sampler, journal, state_dir
@@ -252,7 +252,7 @@ def test_rsync_daemon_listens_on_source_only_and_admits_only_the_target(
         hosts: SandboxInfo, tmp_path: Path) -> None:
     config, _, state_dir = private_config(hosts, "daemon")
     proc = run_cli("clone", "--config", str(config), "--source", SOURCE, "--target", TARGET,
-                   "--yes", env={"HOTCOPY_FAULT": "kill-after:serve"})
+                   "--yes", "--create-journal", env={"HOTCOPY_FAULT": "kill-after:serve"})
     assert proc.returncode == -9, proc.stderr[-3000:]
     job = json.loads(hotcopy("jobs", "--config", str(config), "--json").stdout)[0]["job"]
     try:
@@ -304,7 +304,8 @@ def test_failed_clone_reports_no_secret(hosts: SandboxInfo) -> None:
     config, journal, state_dir = private_config(hosts, "failure")
     with Sampler(state_dir) as sampler:
         proc = run_cli("clone", "--config", str(config), "--source", SOURCE, "--target",
-                       TARGET, "--yes", "--json", env={"HOTCOPY_FAULT": "fail-after:serve"})
+                       TARGET, "--yes", "--json", "--create-journal",
+                       env={"HOTCOPY_FAULT": "fail-after:serve"})
     assert proc.returncode == 1, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["state"] == "rolled-back" and report["error"]
