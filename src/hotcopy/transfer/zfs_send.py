@@ -396,8 +396,11 @@ def stop_ends(runtime: Runtime, params: Mapping[str, Any], *,
         executor.run(["rm", "-rf", "--", workdir])
     target = runtime.executor(params["target"])
     dataset = params.get("dataset")
+    # A received dataset is the staging directory's once mounted there, and the target's
+    # datadir once swapped in (the snapshot may be dropped after the swap): never ours then.
+    owned_elsewhere = {params["staging"], runtime.config.server(params["target"]).datadir}
     if not keep_dataset and dataset and zfs.exists(target, dataset) \
-            and zfs.mountpoint(target, dataset) != params["staging"]:
+            and zfs.mountpoint(target, dataset) not in owned_elsewhere:
         zfs.destroy_dataset(target, dataset)
 
 
