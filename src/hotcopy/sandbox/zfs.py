@@ -86,6 +86,11 @@ def ensure_daemon() -> None:
     if not Path("/dev/fuse").exists():
         raise HotcopyError("/dev/fuse is missing: zfs-fuse needs FUSE",
                            hint="modprobe fuse")
+    if PID_FILE.exists() and _our_daemon_pid() is None:
+        # zfs-fuse refuses to start (exit 1, no message) while its pid file exists, and a
+        # daemon that died (crash, kill -9) leaves it behind.
+        log.info("removing the stale zfs-fuse pid file %s", PID_FILE)
+        PID_FILE.unlink(missing_ok=True)
     # No kstat mount: it would put /zfs-kstat on the host for everyone.
     LocalExecutor().run(["zfs-fuse", "--pidfile", str(PID_FILE), "--no-kstat-mount"],
                         timeout=60)
