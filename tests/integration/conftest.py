@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,6 +30,7 @@ from hotcopy.mysql import replication
 from hotcopy.mysql.connection import connect
 from hotcopy.mysql.mysqld import MysqldControl
 from hotcopy.runtime import Runtime
+from hotcopy.saga import TERMINAL_STATES, SqliteJournal
 from hotcopy.sandbox import SandboxInfo, down, up
 
 from ..real_parts import needs
@@ -128,6 +131,34 @@ def sandbox() -> Iterator[SandboxInfo]:
             shutil.rmtree(parent, ignore_errors=True)
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(autouse=True)
+def no_job_left_running(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test on the shared sandbox, roll back any job it left unfinished.
+
+    A test that fails half-way (an assertion, a timeout that killed the controller) can
+    leave a job holding the replicas; every later test on the sandbox would then be
+    refused by preflight, and one real failure would show up as dozens.
+    """
+    yield
+    if "sandbox" not in request.fixturenames:
+        return
+    info: SandboxInfo = request.getfixturevalue("sandbox")
+    journal_path = Path(load_config(info.config_path).journal_path())
+    if not journal_path.exists():
+        return
+    with SqliteJournal(journal_path) as journal:
+        unfinished = [job.id for job in journal.list_jobs(limit=20)
+                      if job.state not in TERMINAL_STATES]
+    for job_id in unfinished:
+        undone = subprocess.run(
+            [sys.executable, "-m", "hotcopy", "rollback", "--config", str(info.config_path),
+             job_id], capture_output=True, text=True, timeout=600, check=False,
+            env={k: v for k, v in os.environ.items() if k != "HOTCOPY_FAULT"})
+        if undone.returncode != 0:
+            pytest.fail(f"job {job_id} was left unfinished and its rollback failed:\n"
+                        f"{undone.stderr[-3000:]}", pytrace=False)
 
 
 def control(info: SandboxInfo, name: str) -> MysqldControl:

@@ -27,20 +27,24 @@ from hotcopy.sandbox import SandboxInfo
 from .helpers import clone_json, runtime, sql_thread_running, wait_for, wait_replicating
 
 SOURCE, TARGET = "replica1", "replica2"
-LIMIT_S = 15
+#: Long enough for the source's own sums over whatever earlier tests left in the shared
+#: sandbox, on a loaded machine: the bound must fire on the locked table, not before.
+LIMIT_S = 40
+#: Sorts first, so the target's sums reach the locked table at once.
+SCHEMA = "a_review_verify"
 
 
 @pytest.fixture
 def rt(sandbox: SandboxInfo) -> Iterator[Runtime]:
     runtime_ = runtime(sandbox)
     master = runtime_.server(sandbox.master)
-    master.execute(("CREATE DATABASE IF NOT EXISTS review_verify", ()))
-    master.execute(("CREATE TABLE IF NOT EXISTS review_verify.t (id INT PRIMARY KEY)", ()))
-    master.execute(("REPLACE INTO review_verify.t VALUES (1), (2), (3)", ()))
+    master.execute((f"CREATE DATABASE IF NOT EXISTS {SCHEMA}", ()))
+    master.execute((f"CREATE TABLE IF NOT EXISTS {SCHEMA}.t (id INT PRIMARY KEY)", ()))
+    master.execute((f"REPLACE INTO {SCHEMA}.t VALUES (1), (2), (3)", ()))
     for name in (SOURCE, TARGET):
         wait_replicating(runtime_.server(name), master)
     yield runtime_
-    master.execute(("DROP DATABASE IF EXISTS review_verify", ()))
+    master.execute((f"DROP DATABASE IF EXISTS {SCHEMA}", ()))
     runtime_.close()
 
 
@@ -61,15 +65,16 @@ def test_source_replicates_while_the_target_checksums_and_the_phase_is_bounded(
     with SqliteJournal(config_module.load(config).journal_path()) as journal:
         job_id = journal.list_jobs(limit=1)[0].id
     locker = rt.server(TARGET).new_session()
-    locker.execute("LOCK TABLES review_verify.t WRITE")
+    locker.execute(f"LOCK TABLES {SCHEMA}.t WRITE")
     try:
         started = time.monotonic()
         resume = subprocess.Popen([sys.executable, "-m", "hotcopy", "resume", "--config",
                                    str(config), job_id], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         try:
-            assert wait_for(lambda: checksum_waiting(rt), timeout=120), \
-                "the target's checksums never started"
+            assert wait_for(lambda: checksum_waiting(rt) or resume.poll() is not None,
+                            timeout=120), "the target's checksums never started"
+            assert resume.poll() is None, "resume ended before the target's checksums waited"
             # Before the fix the source stayed stopped until both servers' sums were in.
             assert sql_thread_running(rt.server(SOURCE)), "source paused during target sums"
             out, err = resume.communicate(timeout=LIMIT_S + 120)
