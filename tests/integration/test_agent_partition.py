@@ -35,7 +35,9 @@ from .helpers import hotcopy, wait_for
 
 pytestmark = pytest.mark.etcd
 
-TTL_S = 3
+#: Long enough that a loaded CI machine (2 cores, every other test's servers) still
+#: renews in time: a lease lost to a slow renewal would be a second election, not a bug.
+TTL_S = 5
 
 
 @dataclass
@@ -199,7 +201,9 @@ def test_partitioned_agents_never_lead_at_once(hosts: list[Host], tmp_path: Path
     assert any(line.get("event") in ("etcd-unreachable", "lease-lost") for line in a_after), \
         "a never noticed it lost etcd"
     assert not [line for line in a_after if line.get("event") == "elected"]
-    (b_elected,) = [line for line in b_log if line.get("event") == "elected"]
+    b_elections = [line for line in b_log if line.get("event") == "elected"]
+    assert b_elections, "b's log has no election"
+    b_elected = b_elections[0]
     a_stopped = min(epoch(line) for line in a_after
                     if line.get("event") in ("etcd-unreachable", "lease-lost"))
     decisions = status_after(watcher)

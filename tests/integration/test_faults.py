@@ -30,6 +30,7 @@ from hotcopy.sandbox import SandboxInfo
 from hotcopy.workflows.clone import STEPS
 from hotcopy.workflows.report import job_report
 
+from ..fault_points import kill_points
 from .conftest import control
 from .helpers import (
     clone_json,
@@ -48,16 +49,17 @@ SOURCE, TARGET = "replica1", "replica2"
 MARKER = "hotcopy_fault_marker"
 
 STEP_NAMES = [step.name for step in STEPS]
-BOUNDARIES = [(when, name) for name in STEP_NAMES for when in ("before", "after")]
+#: Each distinct crash state once (kill-before:Y is kill-after:X; see fault_points.py).
+BOUNDARIES = kill_points(STEP_NAMES)
 # Where the snapshot's undo is owed and the job can still be resumed with it: the
 # drop runs in the background from drop_snapshot on, and its undo entries are only
 # marked done once start_target has waited for it.
 SNAPSHOT_HELD = BOUNDARIES[BOUNDARIES.index(("after", "snapshot")):
-                           BOUNDARIES.index(("before", "start_target")) + 1]
+                           BOUNDARIES.index(("after", "drop_snapshot")) + 1]
 # Resume elsewhere too: the source's quiesce group redone with a dead lock session, and
 # the target side after the snapshot is gone (stopped, swapped, started, re-pointed).
 RESUMABLE = list(dict.fromkeys([
-    ("after", "lock_source"), *SNAPSHOT_HELD, ("after", "drop_snapshot"),
+    ("after", "lock_source"), *SNAPSHOT_HELD,
     ("after", "swap_datadir"), ("after", "start_target"), ("after", "change_master"),
     ("after", "verify")]))
 

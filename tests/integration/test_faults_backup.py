@@ -15,6 +15,7 @@ import pytest
 
 from hotcopy.workflows.clone import BACKUP_STEPS
 
+from ..fault_points import kill_points
 from ..real_parts import missing_tools, needs
 from .conftest import own_sandbox
 from .test_backup_fallback import job_files, roll_back_unfinished
@@ -31,7 +32,8 @@ from .test_faults import (
 
 pytestmark = needs(missing_tools(("mariabackup", "mbstream"), "backup pipeline tests"))
 
-BOUNDARIES = [(when, step.name) for step in BACKUP_STEPS for when in ("before", "after")]
+#: Each distinct crash state once (kill-before:Y is kill-after:X; see fault_points.py).
+BOUNDARIES = kill_points([step.name for step in BACKUP_STEPS])
 RESUMED = [("after", "listen"), ("after", "backup_stream"), ("after", "prepare_backup"),
            ("after", "swap_datadir"), ("after", "verify")]
 

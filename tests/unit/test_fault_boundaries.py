@@ -1,0 +1,85 @@
+"""Why the fault matrices kill only at ``before:<first step>`` and ``after:<every step>``.
+
+``kill-before:Y`` and ``kill-after:X`` (Y right after X) leave the same journal and the
+same hosts: the runner writes nothing and runs nothing between the two points. The
+integration matrices therefore test each distinct crash state once; this test keeps
+that reasoning true (it fails if the runner starts doing work between two steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hotcopy.progress import NullReporter
+from hotcopy.saga import SqliteJournal, Transaction, undo_action
+from hotcopy.workflows.clone import STEPS
+from hotcopy.workflows.faults import Faults
+from hotcopy.workflows.runner import Step, StepContext, run_steps
+
+from ..fault_points import kill_points
+
+
+@undo_action("test_fault_boundaries.noop", describe="nothing, for step {step}")
+def _noop(context: Any, params: Mapping[str, Any]) -> None:
+    """The undo of the steps' stand-in change."""
+
+
+class RecordingJournal:
+    """A real journal whose every call is also written to ``events``."""
+
+    def __init__(self, journal: SqliteJournal, events: list[tuple[str, ...]]) -> None:
+        self._journal, self._events = journal, events
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._journal, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._events.append(("journal", name))
+            return attribute(*args, **kwargs)
+        return call
+
+
+class RecordingFaults(Faults):
+    def __init__(self, events: list[tuple[str, ...]]) -> None:
+        super().__init__([])
+        self._events = events
+
+    def at(self, when: str, step: str) -> None:
+        self._events.append(("fault", when, step))
+
+
+def test_nothing_durable_happens_between_one_step_and_the_next(tmp_path: Path) -> None:
+    events: list[tuple[str, ...]] = []
+    with SqliteJournal(tmp_path / "journal.db") as real:
+        job = real.create_job("clone", {})
+        journal = RecordingJournal(real, events)
+
+        def work(ctx: StepContext) -> dict[str, Any]:
+            ctx.push("test_fault_boundaries.noop", {"step": ctx.step})
+            return {ctx.step: True}
+
+        steps = [Step(name, name, work) for name in ("first", "second", "third")]
+        tx = Transaction(journal, job.id, None)
+        ctx = StepContext(job.id, {}, None, journal, tx, NullReporter(),  # type: ignore[arg-type]
+                          RecordingFaults(events))
+        run_steps(steps, ctx)
+    faults = [i for i, event in enumerate(events) if event[0] == "fault"]
+    for after, before in zip(faults[1::2], faults[2::2], strict=False):
+        assert events[after][1:] != events[before][1:]
+        assert events[after][1] == "after" and events[before][1] == "before"
+        assert before == after + 1, f"work between {events[after]} and {events[before]}: " \
+                                    f"{events[after + 1:before]}"
+    assert [events[i] for i in faults] == [
+        ("fault", when, name) for name in ("first", "second", "third")
+        for when in ("before", "after")]
+
+
+def test_the_kill_points_are_every_distinct_crash_state_of_the_clone() -> None:
+    names = [step.name for step in STEPS]
+    points = kill_points(names)
+    assert points[0] == ("before", names[0])
+    assert points[1:] == [("after", name) for name in names]
