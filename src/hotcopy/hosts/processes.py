@@ -10,22 +10,11 @@ from __future__ import annotations
 
 import logging
 
+from hotcopy import remote
 from hotcopy.hosts.base import Executor
 
 log = logging.getLogger(__name__)
 
-_TERMINATE = r"""
-pid=$1; polls=$2
-alive() { s=$(awk '{print $3}' /proc/$pid/stat 2>/dev/null) && [ -n "$s" ] && [ "$s" != Z ]; }
-alive || exit 0
-pkill -TERM -P "$pid" 2>/dev/null
-kill -TERM "$pid" 2>/dev/null
-i=0
-while [ $i -lt "$polls" ]; do alive || exit 0; sleep 0.05; i=$((i+1)); done
-pkill -KILL -P "$pid" 2>/dev/null
-kill -KILL "$pid" 2>/dev/null
-exit 0
-"""
 
 
 def process_alive(executor: Executor, pid: int) -> bool:
@@ -36,5 +25,5 @@ def process_alive(executor: Executor, pid: int) -> bool:
 def terminate_process(executor: Executor, pid: int, *, timeout_s: float = 10) -> None:
     """SIGTERM pid and its children, wait, SIGKILL what is left; a gone pid is fine."""
     polls = max(1, int(timeout_s / 0.05))
-    executor.run(["sh", "-c", _TERMINATE, "terminate", str(pid), str(polls)],
+    executor.run(remote.argv("terminate.sh", str(pid), str(polls)),
                  timeout=timeout_s + 30)

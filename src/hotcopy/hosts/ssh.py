@@ -23,6 +23,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from hotcopy import remote
 from hotcopy.errors import CommandError, RefusedError
 from hotcopy.hosts.base import CommandResult, LineCallback, command_failed
 from hotcopy.hosts.local import stream_process
@@ -174,9 +175,7 @@ class SshExecutor:
                               timeout=timeout, check=check)
 
     def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
-        script = (f"umask 077 && : > {shlex.quote(path)} && chmod {mode:o} {shlex.quote(path)} "
-                  f"&& cat > {shlex.quote(path)}")
-        self.run(["sh", "-c", script], input=data)
+        self.run(remote.argv("write_file.sh", path, f"{mode:o}"), input=data)
 
     def read_file(self, path: str) -> bytes:
         proc = subprocess.run([*self._base_argv(), shlex.join(["cat", path])],

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hotcopy import remote
 from hotcopy.errors import HotcopyError
 from hotcopy.hosts import Executor
 from hotcopy.mysql.connection import Connection
@@ -98,11 +99,8 @@ def server_version(version_string: str) -> tuple[int, int, int] | None:
                                    int(match.group(3)))
 
 
-_FIND = 'for t; do p=$(command -v "$t") && { echo "$p"; exit 0; }; done; exit 1'
-
-
 def _which(executor: Executor, names: Sequence[str]) -> str | None:
-    result = executor.run(["sh", "-c", _FIND, "find", *names], check=False, timeout=30)
+    result = executor.run(remote.argv("first_on_path.sh", *names), check=False, timeout=30)
     path = result.stdout.strip()
     return path if result.ok and path else None
 

@@ -19,6 +19,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
+from hotcopy import remote
 from hotcopy.errors import CommandError, HotcopyError, MySQLError, RefusedError
 from hotcopy.hosts.base import Executor
 from hotcopy.mysql.connection import (
@@ -386,9 +387,8 @@ class MysqldControl:
             # Otherwise its errors would go to the /dev/null we give it as stderr.
             argv.append(f"--log-error={self.error_log}")
         self._ensure_runtime_dirs()
-        script = 'setsid "$@" </dev/null >/dev/null 2>&1 & echo $!'
         log.info("%s: starting %s", self.name, shlex.join(argv))
-        result = self.executor.run(["sh", "-c", script, "sh", *argv], timeout=30)
+        result = self.executor.run(remote.argv("spawn.sh", *argv), timeout=30)
         text = result.stdout.strip()
         self._spawned_pid = int(text) if text.isdigit() else None
 

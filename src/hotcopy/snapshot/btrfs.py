@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from hotcopy import remote
 from hotcopy.errors import RefusedError
 from hotcopy.hosts import Executor
 from hotcopy.runtime import Runtime
@@ -51,7 +52,7 @@ class BtrfsBackend:
         fstype = filesystem_type(executor, datadir)
         if fstype != "btrfs":
             return f"the filesystem is {fstype}"
-        if not executor.run(["sh", "-c", "command -v btrfs"], check=False).ok:
+        if remote.missing_tools(executor, ["btrfs"]):
             return "btrfs-progs (the btrfs command) is not installed"
         return None
 

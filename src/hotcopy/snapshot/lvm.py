@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hotcopy import remote
 from hotcopy.errors import CommandError, HotcopyError, RefusedError
 from hotcopy.hosts import Executor
 from hotcopy.hosts.base import command_failed
@@ -118,8 +119,7 @@ def _size(n: float) -> str:
 
 
 def lvm_installed(executor: Executor) -> bool:
-    script = " && ".join(f"command -v {tool}" for tool in LVM_TOOLS)
-    return executor.run(["sh", "-c", script], check=False).ok
+    return not remote.missing_tools(executor, LVM_TOOLS)
 
 
 def is_device_mapper(executor: Executor, major_minor: str) -> bool:

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hotcopy import remote
 from hotcopy.errors import CommandError, HotcopyError, RefusedError
 from hotcopy.hosts import Executor
 from hotcopy.runtime import Runtime
@@ -51,7 +52,7 @@ class Mount:
 
 
 def zfs_installed(executor: Executor) -> bool:
-    return executor.run(["sh", "-c", "command -v zfs"], check=False).ok
+    return not remote.missing_tools(executor, ["zfs"])
 
 
 def _findmnt(executor: Executor, *args: str) -> Mount | None:

@@ -21,6 +21,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from hotcopy import remote
 from hotcopy.errors import RefusedError
 from hotcopy.hosts import Executor
 from hotcopy.plugins import import_available
@@ -344,29 +345,14 @@ def run_parallel(tasks: Sequence[Callable[[threading.Event], T]],
     return results
 
 
-_KILL_MARKED = r"""
-marker=$1
-marked() { grep -Fzlx -e "$marker" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3; }
-pids=$(marked); [ -z "$pids" ] && exit 0
-kill -TERM $pids 2>/dev/null
-for next in TERM KILL ''; do
-  i=0
-  while [ $i -lt 50 ]; do pids=$(marked); [ -z "$pids" ] && exit 0; sleep 0.05; i=$((i+1)); done
-  [ -n "$next" ] && kill -$next $pids 2>/dev/null
-done
-echo "still running: $pids" >&2; exit 1
-"""
-
-
 def kill_marked(executor: Executor, job_id: str) -> None:
     """SIGTERM, then SIGKILL, every process of this job's transfer on a host; idempotent."""
-    executor.run(["sh", "-c", _KILL_MARKED, "kill-marked", marker(job_id)], timeout=60)
+    executor.run(remote.argv("kill_marked.sh", marker(job_id)), timeout=60)
 
 
 def kill_stream(executor: Executor, job_id: str, index: int) -> None:
     """As kill_marked, for the processes of one parallel stream only."""
-    executor.run(["sh", "-c", _KILL_MARKED, "kill-marked", stream_marker(job_id, index)],
-                 timeout=60)
+    executor.run(remote.argv("kill_marked.sh", stream_marker(job_id, index)), timeout=60)
 
 
 def empty_directory(executor: Executor, path: str) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hotcopy.config import TransferConfig
+from hotcopy.remote import missing_tools
 from hotcopy.runtime import Runtime
 from hotcopy.saga import undo_action
 from hotcopy.transfer.base import (
@@ -77,10 +78,8 @@ class RsyncSsh:
         target = runtime.executor(request.target)
         transfer = runtime.config.transfer
         for server, tools in ((request.target, ("rsync", "ssh")), (request.source, ("rsync",))):
-            for tool in tools:
-                if not runtime.executor(server).run(["sh", "-c", f"command -v {tool}"],
-                                                    check=False).ok:
-                    return f"{tool} is not installed on {server}"
+            for tool in missing_tools(runtime.executor(server), tools):
+                return f"{tool} is not installed on {server}"
         for key in ("ssh_identity_file", "ssh_known_hosts"):
             path = getattr(transfer, key)
             if path and not target.run(["test", "-r", path], check=False).ok:

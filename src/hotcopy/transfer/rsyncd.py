@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from hotcopy import remote
 from hotcopy.errors import CommandError, HotcopyError
 from hotcopy.hosts import Executor
 from hotcopy.hosts.processes import process_alive, terminate_process
@@ -210,8 +211,7 @@ class RsyncDaemon:
     def unsupported_reason(self, runtime: Runtime, request: TransferRequest,
                            snapshot_backend: str) -> str | None:
         for server in (request.source, request.target):
-            if not runtime.executor(server).run(["sh", "-c", "command -v rsync"],
-                                                check=False).ok:
+            if remote.missing_tools(runtime.executor(server), ["rsync"]):
                 return f"rsync is not installed on {server}"
         return None
 

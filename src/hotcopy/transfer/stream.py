@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hotcopy import remote
 from hotcopy.config import is_ip_address
 from hotcopy.errors import HotcopyError
 from hotcopy.hosts import Executor
@@ -36,7 +37,6 @@ from hotcopy.hosts.processes import process_alive
 from hotcopy.runtime import Runtime
 from hotcopy.saga import undo_action
 from hotcopy.transfer.base import (
-    MARKER_VARIABLE,
     FileEntry,
     ProgressCallback,
     ProgressMeter,
@@ -60,62 +60,6 @@ log = logging.getLogger(__name__)
 
 TAR_RECORD = 10240  # GNU tar's default record: 20 blocks of 512 bytes
 CHECKPOINT_RECORDS = 100
-
-# Runs once per accepted connection, stdin/stdout being the socket. The token is
-# compared in the shell (builtins only), so it never appears in any process's argv.
-RECEIVER = r"""#!/bin/bash
-# hotcopy stream receiver: one connection carries one tar stream into the staging dir.
-set -u -o pipefail
-dir=${0%/*}
-refuse() {
-  printf '%s %s %s\n' "$(date +%s)" "${SOCAT_PEERADDR:-?}" "$1" >> "$dir/refused"
-  echo "HOTCOPY-ERR refused: $1"
-  exit 1
-}
-IFS=' ' read -r -t 30 -n 256 index codec token || refuse "no header"
-[ -n "$token" ] && [ "$token" = "$(<"$dir/token")" ] || refuse "bad token"
-case $index in ''|*[!0-9]*) refuse "bad stream number" ;; esac
-case $codec in zstd) decode=(zstd -d -q -c) ;; none) decode=(cat) ;; *) refuse "bad codec" ;; esac
-mkdir "$dir/stream-$index" 2>/dev/null || refuse "stream $index was already received"
-err="$dir/stream-$index/errors"
-"${decode[@]}" 2>"$err" | tar -x -f - -C "$(<"$dir/staging")" --numeric-owner -p 2>>"$err"
-rc=$?
-if [ $rc -eq 0 ]; then echo "HOTCOPY-OK $index"; exit 0; fi
-echo "HOTCOPY-ERR stream $index: extracting failed (exit $rc): $(tail -c 400 "$err" | tr '\n' ' ')"
-exit 1
-"""
-
-# One per stream on the source. pv (or tar's checkpoints) count the archive's bytes on
-# stdout; socat's stdout carries the receiver's answer back; both reach the controller.
-# The pace is set after compression, on what the network carries, and keeps zstd's
-# output flowing (a limit before zstd could starve the socket past its idle timeout).
-SENDER = r"""#!/bin/bash
-# hotcopy stream sender: tar of list INDEX, counted, compressed, paced, to the target.
-set -u -o pipefail
-dir=${0%/*}
-index=$1 connect=$2 root=$3 level=$4 limit=$5 meter=$6 io=$7
-token=$(<"$dir/token")
-codec=none; [ "$level" -gt 0 ] && codec=zstd
-exec 3>&1
-archive() {
-  local progress=()
-  [ "$meter" = tar ] && progress=(--checkpoint=CHECKPOINT_RECORDS
-                                  "--checkpoint-action=echo=HOTCOPY-CHECKPOINT %u")
-  tar -c -f - -C "$root" --numeric-owner --no-recursion --null -T "$dir/files-$index" \
-      "${progress[@]}" 2>&3
-}
-count() { if [ "$meter" = pv ]; then pv -n -b -i 0.5 2>&3; else cat; fi; }
-compress() { if [ "$codec" = zstd ]; then zstd -T0 "-$level" -q -c; else cat; fi; }
-stream() { printf '%s %s %s\n' "$index" "$codec" "$token"; archive | count | compress; }
-if [ "$limit" -gt 0 ]; then
-  stream | pv -q -L "$limit" | socat -T "$io" -t "$io" - "$connect"
-else
-  stream | socat -T "$io" -t "$io" - "$connect"
-fi
-""".replace("CHECKPOINT_RECORDS", str(CHECKPOINT_RECORDS))
-
-_START = (f'{MARKER_VARIABLE}="$1" setsid socat -d -d -lf "$2" "$3" "$4" '
-          '</dev/null >/dev/null 2>&1 & echo $!')
 
 
 class StreamFailed(HotcopyError):
@@ -162,11 +106,6 @@ def resolve(executor: Executor, address: str) -> str:
     return out[0]
 
 
-def _missing(executor: Executor, tools: Sequence[str]) -> list[str]:
-    script = 'for t; do command -v "$t" >/dev/null 2>&1 || echo "$t"; done'
-    return executor.run(["sh", "-c", script, "check", *tools], check=False).stdout.split()
-
-
 class StreamMethod:
     name = "stream"
 
@@ -176,10 +115,10 @@ class StreamMethod:
         needs = {request.source: ["bash", "tar", "socat", "find", *compress],
                  request.target: ["bash", "tar", "socat", "setsid", "ss", *compress]}
         for server, tools in needs.items():
-            missing = _missing(runtime.executor(server), tools)
+            missing = remote.missing_tools(runtime.executor(server), tools)
             if missing:
                 return f"{', '.join(missing)} not installed on {server}"
-        if request.bwlimit_kbps and _missing(runtime.executor(request.source), ["pv"]):
+        if request.bwlimit_kbps and remote.missing_tools(runtime.executor(request.source), ["pv"]):
             return (f"transfer.bwlimit_kbps needs pv on {request.source} to pace a stream, "
                     "and it is not installed")
         return None
@@ -197,8 +136,8 @@ class StreamMethod:
     def serve(self, runtime: Runtime, request: TransferRequest, handle: ServerHandle) -> None:
         source = runtime.executor(request.source)
         private_directory(source, handle.params["source_workdir"])
-        source.write_file(f"{handle.params['source_workdir']}/send.sh", SENDER.encode(),
-                          mode=0o700)
+        source.write_file(f"{handle.params['source_workdir']}/send.sh",
+                          remote.script("stream_sender.sh").encode(), mode=0o700)
         self._listen(runtime, request, handle)
 
     def _listen(self, runtime: Runtime, request: TransferRequest, handle: ServerHandle) -> None:
@@ -209,16 +148,18 @@ class StreamMethod:
         token = secrets.token_hex(32).encode()
         target.write_file(f"{workdir}/token", token)
         source.write_file(f"{handle.params['source_workdir']}/token", token)
-        target.write_file(f"{workdir}/receive.sh", RECEIVER.encode(), mode=0o700)
+        target.write_file(f"{workdir}/receive.sh", remote.script("stream_receiver.sh").encode(),
+                          mode=0o700)
         target.write_file(f"{workdir}/staging", request.destination.encode())
         peer = resolve(target, request.source_address)
         handle.params["peer"] = peer
         children = runtime.config.transfer.parallel + 4
         for port in candidate_ports(target, runtime.config.transfer.port_range):
             listen = listen_address(request.target_address, peer, port, children)
-            pid = target.run(["sh", "-c", _START, "listen", request.job_id,
-                              f"{workdir}/socat.log", listen,
-                              f"EXEC:bash {workdir}/receive.sh"]).stdout.strip()
+            pid = target.run(remote.argv(
+                "spawn.sh", "env", marker(request.job_id), "socat", "-d", "-d", "-lf",
+                f"{workdir}/socat.log", listen, f"EXEC:bash {workdir}/receive.sh",
+            )).stdout.strip()
             if pid.isdigit() and self._listening(target, port, int(pid)):
                 handle.params["port"] = port
                 log.info("stream listener on %s:%d for %s", request.target_address, port, peer)
@@ -272,7 +213,7 @@ class StreamMethod:
                   groups: list[list[FileEntry]], meter: ProgressMeter) -> list[int]:
         transfer = runtime.config.transfer
         source, target = runtime.executor(request.source), runtime.executor(request.target)
-        meter_kind = "tar" if _missing(source, ["pv"]) else "pv"
+        meter_kind = "tar" if remote.missing_tools(source, ["pv"]) else "pv"
         limit = (request.bwlimit_kbps or 0) * 1024 // len(groups)
         connect = connect_address(request.target_address, handle.params["peer"],
                                   handle.params["port"], transfer.connect_timeout_s)
@@ -297,7 +238,8 @@ class StreamMethod:
             result = source.stream(
                 ["env", marker(request.job_id), "bash", sender, str(index), connect,
                  request.source_path, str(transfer.zstd_level), str(limit), meter_kind,
-                 str(transfer.io_timeout_s)], on_line, timeout=request.timeout_s, check=False)
+                 str(transfer.io_timeout_s), str(CHECKPOINT_RECORDS)],
+                on_line, timeout=request.timeout_s, check=False)
             if seen["ok"] and result.returncode != 0:
                 # The receiver extracted a whole archive, but GNU tar pads a file it could
                 # not read (EIO: an overflowed snapshot, a checksum error) with zeros and

@@ -32,6 +32,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from hotcopy import remote
 from hotcopy.errors import HotcopyError
 from hotcopy.hosts import Executor
 from hotcopy.runtime import Runtime
@@ -57,46 +58,6 @@ TOKEN_BYTES = 16
 TOKEN_LINE = TOKEN_BYTES * 2 + 1  # hex digits and a newline, ahead of the stream
 LISTEN_TIMEOUT_S = 5
 _DD_PROGRESS = re.compile(r"^(\d+) bytes\b.*copied, ([\d.]+) s")
-
-# $1 workdir, $2 socat listen address, $3 dataset, $4 "-F" for an incremental stream
-# (into the existing staging clone) or "" for a full one (into a new dataset), $5 the
-# seconds of silence after which the stream counts as broken. The token
-# is compared inside the shell, read from the 0600 file; `read` takes exactly the first
-# line off the pipe. An incremental stream must find its dataset: zfs-fuse would
-# otherwise apply it to whichever dataset holds the base snapshot, the live datadir.
-_LISTENER = r"""
-exec </dev/null >/dev/null 2>&1  # let the starting command return: it waits for EOF
-dir=$1; listen=$2; dataset=$3; force=$4; idle=$5
-finish() { echo "$1" > "$dir/status.new" && mv "$dir/status.new" "$dir/status"; }
-socat -u -T "$idle" "$listen" STDOUT 2>"$dir/socat.err" | {
-  IFS= read -r got
-  if [ "$got" != "$(cat "$dir/token")" ]; then
-    echo "the stream did not start with this job's token" > "$dir/recv.err"
-    finish 1
-  elif [ -n "$force" ] && ! zfs list -H -o name "$dataset" >/dev/null 2>"$dir/recv.err"; then
-    finish 1
-  else
-    [ -n "$force" ] && zfs umount "$dataset" 2>/dev/null  # nobody holds it while overwritten
-    zfs recv $force "$dataset" 2>"$dir/recv.err"
-    finish $?
-  fi
-}
-"""
-
-# $1 workdir, $2 socat connect address, $3 snapshot, $4 incremental base or "",
-# $5 bandwidth limit for pv (KiB/s) or "", $6 idle seconds as above. dd counts the
-# bytes; its progress goes to fd 3, the controller's pipe.
-_SENDER = r"""
-set -o pipefail
-dir=$1; connect=$2; snapshot=$3; base=$4; limit=$5; idle=$6
-send() {
-  cat "$dir/token" || return
-  if [ -n "$base" ]; then zfs send -i "$base" "$snapshot"; else zfs send "$snapshot"; fi
-}
-throttle() { if [ -n "$limit" ]; then pv -q -L "${limit}k"; else cat; fi; }
-{ send 2>"$dir/send.err" | throttle | dd bs=1M status=progress 2>&3 \
-    | socat -u -T "$idle" STDIN "$connect" 2>"$dir/socat.err"; } 3>&1
-"""
 
 
 class ReceiveFailed(HotcopyError):
@@ -229,9 +190,9 @@ class ZfsSend:
         force = "-F" if params["base"] else ""
         for port in candidate_ports(target, runtime.config.transfer.port_range):
             listen = listen_address(request.target_address, peer, port)
-            target.run(["env", marker(request.job_id), "setsid", "-f", "sh", "-c", _LISTENER,
-                        "listener", workdir, listen, dataset, force,
-                        str(runtime.config.transfer.io_timeout_s)])
+            target.run(["env", marker(request.job_id), "setsid", "-f",
+                        *remote.argv("zfs_recv_listener.sh", workdir, listen, dataset, force,
+                                     str(runtime.config.transfer.io_timeout_s))])
             if self._listening(target, workdir, port):
                 params["port"] = port
                 log.info("zfs recv into %s listening on %s:%d%s", dataset,
@@ -303,10 +264,11 @@ class ZfsSend:
             connect = connect_address(request.target_address,
                                       resolve(target, request.source_address),
                                       int(params["port"]), settings.connect_timeout_s)
-            result = source.stream(["env", marker(request.job_id), "bash", "-c", _SENDER,
-                                    "sender", workdir, connect, params["snapshot"],
-                                    params["base"], str(request.bwlimit_kbps or ""),
-                                    str(settings.io_timeout_s)],
+            result = source.stream(["env", marker(request.job_id),
+                                    *remote.argv("zfs_send_stream.sh", workdir, connect,
+                                                 params["snapshot"], params["base"],
+                                                 str(request.bwlimit_kbps or ""),
+                                                 str(settings.io_timeout_s), interpreter="bash")],
                                    on_line, timeout=request.timeout_s, check=False)
             if not result.ok:
                 why = " ".join(filter(None, (
@@ -355,10 +317,8 @@ METHOD = ZfsSend()
 def _missing_tools(runtime: Runtime, request: TransferRequest) -> str | None:
     needs = {request.source: ["zfs", "socat", "dd", *(["pv"] if request.bwlimit_kbps else [])],
              request.target: ["zfs", "socat", "setsid"]}
-    script = 'for t; do command -v "$t" >/dev/null 2>&1 || echo "$t"; done'
     for server, tools in needs.items():
-        missing = runtime.executor(server).run(["sh", "-c", script, "check", *tools],
-                                               check=False).stdout.split()
+        missing = remote.missing_tools(runtime.executor(server), tools)
         if missing:
             return f"{', '.join(missing)} not installed on {server}"
     return None
@@ -376,8 +336,7 @@ def _tail(executor: Executor, path: str) -> str:
 
 def _listener_alive(executor: Executor, job_id: str) -> bool:
     """Any process of the job's receiving end (they carry the job's marker) still there."""
-    script = 'grep -Fzlx -e "$1" /proc/[0-9]*/environ 2>/dev/null | grep -q .'
-    return executor.run(["sh", "-c", script, "alive", marker(job_id)], check=False).ok
+    return executor.run(remote.argv("marked_alive.sh", marker(job_id)), check=False).ok
 
 
 def stop_ends(runtime: Runtime, params: Mapping[str, Any], *,

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hotcopy import remote
 from hotcopy.errors import HotcopyError
 from hotcopy.hosts import Executor
 from hotcopy.hosts.processes import process_alive
@@ -37,7 +38,6 @@ from hotcopy.mysql.server import Server
 from hotcopy.runtime import Runtime
 from hotcopy.saga import undo_action
 from hotcopy.transfer.base import (
-    MARKER_VARIABLE,
     ProgressMeter,
     candidate_ports,
     empty_directory,
@@ -51,53 +51,6 @@ from hotcopy.workflows.runner import StepContext
 from hotcopy.workflows.target_steps import SpaceGuard, space_reserve
 
 log = logging.getLogger(__name__)
-
-# Runs once per accepted connection, the socket on stdin/stdout; the token is compared
-# with shell builtins, so it is in no process's argv.
-RECEIVER = r"""#!/bin/bash
-# hotcopy backup receiver: one connection carries the whole xbstream into the staging dir.
-set -u -o pipefail
-dir=${0%/*}
-refuse() {
-  printf '%s %s %s\n' "$(date +%s)" "${SOCAT_PEERADDR:-?}" "$1" >> "$dir/refused"
-  echo "HOTCOPY-ERR refused: $1"
-  exit 1
-}
-IFS=' ' read -r -t 30 -n 256 kind token || refuse "no header"
-[ -n "$token" ] && [ "$token" = "$(<"$dir/token")" ] || refuse "bad token"
-[ "$kind" = xbstream ] || refuse "bad stream kind"
-mkdir "$dir/received" 2>/dev/null || refuse "the backup was already received"
-err="$dir/received/errors"
-"$(<"$dir/extractor")" -x -C "$(<"$dir/staging")" 2>"$err"
-rc=$?
-if [ $rc -eq 0 ]; then echo "HOTCOPY-OK"; exit 0; fi
-echo "HOTCOPY-ERR extracting failed (exit $rc): $(tail -c 400 "$err" | tr '\n' ' ')"
-exit 1
-"""
-
-# On the source: the tool's stdout (the xbstream) is counted, paced and sent; its log
-# (stderr) comes back on our stdout, each line stamped with this host's clock; so do
-# pv's byte counts and the receiver's answer.
-SENDER = r"""#!/bin/bash
-# hotcopy backup sender: ARGS... is the backup command; its stream goes to the target.
-set -u -o pipefail
-dir=${0%/*}
-connect=$1 meter=$2 limit=$3 io=$4
-shift 4
-token=$(<"$dir/token")
-exec 3>&1
-stamp() {
-  while IFS= read -r line; do printf 'HOTCOPY-LOG %s %s\n' "${EPOCHREALTIME:-}" "$line"; done
-}
-backup() { { "$@" 2>&1 >&4 4>&- | stamp >&3; } 4>&1; }
-count() { if [ "$meter" = pv ]; then pv -n -b -i 0.25 2>&3; else cat; fi; }
-pace() { if [ "$limit" -gt 0 ]; then pv -q -L "$limit"; else cat; fi; }
-{ printf 'xbstream %s\n' "$token"; backup "$@" | count; } | pace \
-  | socat -T "$io" -t "$io" - "$connect"
-"""
-
-_START = (f'{MARKER_VARIABLE}="$1" setsid socat -d -d -lf "$2" "$3" "$4" '
-          '</dev/null >/dev/null 2>&1 & echo $!')
 
 
 @undo_action("backup.release_source",
@@ -128,9 +81,11 @@ def listen(ctx: StepContext) -> dict[str, Any]:
     private_directory(tgt, params["workdir"])
     token = secrets.token_hex(32).encode()
     src.write_file(f"{params['source_workdir']}/token", token)
-    src.write_file(f"{params['source_workdir']}/send.sh", SENDER.encode(), mode=0o700)
+    src.write_file(f"{params['source_workdir']}/send.sh",
+                   remote.script("backup_sender.sh").encode(), mode=0o700)
     tgt.write_file(f"{params['workdir']}/token", token)
-    tgt.write_file(f"{params['workdir']}/receive.sh", RECEIVER.encode(), mode=0o700)
+    tgt.write_file(f"{params['workdir']}/receive.sh",
+                   remote.script("backup_receiver.sh").encode(), mode=0o700)
     tgt.write_file(f"{params['workdir']}/staging", ctx.state["staging"].encode())
     tool = BackupTool.from_dict(ctx.state["backup_tools"]["target"])
     tgt.write_file(f"{params['workdir']}/extractor", tool.extractor.encode())
@@ -146,8 +101,10 @@ def _start_listener(runtime: Runtime, executor: Executor, workdir: str, address:
     port_range = runtime.config.transfer.port_range
     for port in candidate_ports(executor, port_range):
         listen_on = listen_address(address, peer, port, children=4)
-        pid = executor.run(["sh", "-c", _START, "listen", job_id, f"{workdir}/socat.log",
-                            listen_on, f"EXEC:bash {workdir}/receive.sh"]).stdout.strip()
+        pid = executor.run(remote.argv(
+            "spawn.sh", "env", marker(job_id), "socat", "-d", "-d", "-lf",
+            f"{workdir}/socat.log", listen_on, f"EXEC:bash {workdir}/receive.sh",
+        )).stdout.strip()
         if pid.isdigit() and _listening(executor, port, int(pid)):
             log.info("backup listener on %s:%d for %s", address, port, peer)
             return port
@@ -275,7 +232,7 @@ def _expected_bytes(ctx: StepContext, src: Executor) -> int | None:
 def _send(ctx: StepContext, src: Executor, tgt: Executor, stream: Mapping[str, Any],
           argv: list[str], output: _Output, expected: int | None) -> int:
     config = ctx.runtime.config.transfer
-    pv = src.run(["sh", "-c", "command -v pv"], check=False).ok
+    pv = not remote.missing_tools(src, ["pv"])
     limit = (config.bwlimit_kbps or 0) * 1024
     if limit and not pv:
         raise HotcopyError(f"transfer.bwlimit_kbps needs pv on {ctx.params['source']} to pace "

@@ -25,10 +25,10 @@ from hotcopy.hosts import Executor
 from hotcopy.mysql import grants, replication
 from hotcopy.mysql.connection import ServerAddress
 from hotcopy.mysql.server import Server
+from hotcopy.remote import missing_tools
 from hotcopy.runtime import Runtime
 from hotcopy.snapshot.base import backend_for
 from hotcopy.transfer.base import candidate_ports, kill_marked, marker, used_ports
-from hotcopy.workflows.preflight import missing_tools
 
 log = logging.getLogger(__name__)
 

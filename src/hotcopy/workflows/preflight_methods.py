@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
+from hotcopy.remote import missing_tools
 from hotcopy.runtime import Runtime
 from hotcopy.snapshot import zfs
 from hotcopy.snapshot.base import load_backend
@@ -20,7 +21,7 @@ from hotcopy.transfer.base import (
     load_all,
     load_method,
 )
-from hotcopy.workflows.preflight import Finding, Preflight, missing_tools
+from hotcopy.workflows.preflight import Finding, Preflight
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from hotcopy import remote
 from hotcopy.errors import HotcopyError
 from hotcopy.mysql.audit.facts import Facts
 from hotcopy.mysql.audit.model import show_sql
@@ -169,16 +170,14 @@ def _failing_event(facts: Facts, channel: ReplicaStatus,
     if not basename or not channel.relay_log_file:
         raise HotcopyError("the replica reports no relay log file")
     decoder = facts.flavor.binlog_decoder()
-    try:
-        run_on_host(["sh", "-c", 'command -v "$1"', "sh", decoder])
-    except HotcopyError:
-        raise HotcopyError(f"{decoder} is not installed on the replica's host") from None
+    if run_on_host(remote.argv("missing_tools.sh", decoder)).strip():
+        raise HotcopyError(f"{decoder} is not installed on the replica's host")
     directory = posixpath.dirname(basename)
     files = _relay_files(facts, run_on_host, directory, channel.relay_log_file)
     for index, path in enumerate(files[:MAX_RELAY_FILES]):
         start = channel.relay_log_pos if index == 0 else 4
         argv = facts.flavor.decode_relay_log(path, start)
-        text = run_on_host(["sh", "-c", f'"$@" | head -c {DECODE_LIMIT_BYTES}', "sh", *argv])
+        text = run_on_host(remote.argv("head_bytes.sh", str(DECODE_LIMIT_BYTES), *argv))
         event = find_row_event(text, int(end.group(1)), table)
         if event is not None and event.rows:
             return event
