@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,15 +139,19 @@ def agent(shard: Shard, config: Path) -> Iterator[Path]:
     assert proc.returncode == 0, log.read_text()[-3000:]
 
 
-def _sigkill(shard: Shard, name: str) -> None:
+def _sigkill(shard: Shard, name: str, replicas: Sequence[str]) -> None:
+    """SIGKILL, then until every replica's IO thread has lost it: the agent's first poll
+    then sees the master down from every side (its first decision says why it waits)."""
     mysqld = control(shard.info, name)
     mysqld.kill()
     assert wait_for(lambda: not mysqld.is_running(), 30), f"{name} still runs"
+    assert wait_for(lambda: all(view(shard).servers[n].io_running != "Yes" for n in replicas),
+                    60), f"an IO thread still reads from {name}"
 
 
 def test_auto_failover_off_reports_the_dead_master_and_changes_nothing(shard: Shard) -> None:
     master = shard.info.master
-    _sigkill(shard, master)
+    _sigkill(shard, master, shard.info.replicas)
     with agent(shard, shard.off) as log:
         assert wait_for(lambda: seen_down_beyond(shard, master, "master-down"), 120), \
             log.read_text()[-3000:]
@@ -210,7 +214,7 @@ def test_auto_failover_on_promotes_the_candidate_and_the_other_follows(shard: Sh
 
 def test_a_second_master_death_inside_the_flap_window_is_blocked(shard: Shard) -> None:
     new, other = STATE["new"], STATE["other"]
-    _sigkill(shard, new)
+    _sigkill(shard, new, [other])
     with agent(shard, shard.auto) as log:
         assert wait_for(lambda: seen_down_beyond(shard, new, "blocked"), 120), \
             log.read_text()[-3000:]

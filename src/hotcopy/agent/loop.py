@@ -132,7 +132,16 @@ class Agent:
         running = self.worker
         if running is not None and running.alive:
             job_id = self._job_of(running)
-            if job_id and self.journal.get_job(job_id).state is JobState.COMMITTED:
+            if running.action == "failover":
+                # Interrupted past its point of no return it would stop for attention with
+                # a new master half set up; before it, the shard has no master at all.
+                # Either way finishing (bounded, it takes seconds) is the better stop.
+                log.info("stopping: waiting for the failover (job %s) to end", job_id,
+                         extra={"event": "worker-finishing", "job": job_id})
+                running.process.join(600)
+                if running.alive:
+                    running.stop(timeout_s=600)
+            elif job_id and self.journal.get_job(job_id).state is JobState.COMMITTED:
                 # Past the commit only cleanup is left (the old datadir): let it finish
                 # rather than interrupt it and leave the old datadir behind.
                 log.info("stopping: job %s is committed, waiting for its cleanup", job_id,
