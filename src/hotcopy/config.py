@@ -229,6 +229,15 @@ class AgentConfig(_Strict):
     metrics_port: int = Field(default=9470, ge=0, le=65535, description="0: no endpoint")
     store_path: str | None = Field(default=None,
                                    description="SQLite agent store; default beside the journal")
+    auto_failover: bool = Field(default=False,
+                                description="fail a dead master over on its own (else only "
+                                            "report it)")
+    failover_after_s: float = Field(default=30, ge=0,
+                                    description="the master seen down in every poll this long "
+                                                "before an automatic failover")
+    max_failovers_per_day: int = Field(default=2, ge=0,
+                                       description="automatic failovers per 24 h (flap_window_s "
+                                                   "also holds between two on the shard)")
 
 
 class Config(_Strict):

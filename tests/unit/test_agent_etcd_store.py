@@ -8,7 +8,7 @@ import pytest
 
 from hotcopy.agent import etcd_store
 from hotcopy.agent.etcd_store import EtcdAgentStore
-from hotcopy.agent.model import ReseedRecord
+from hotcopy.agent.model import FailoverRecord, ReseedRecord
 from hotcopy.agent.rails import Pause
 from hotcopy.saga.etcd_client import EtcdClient
 from tests.etcd_cluster import EtcdCluster, unique_prefix
@@ -103,6 +103,10 @@ def test_pause_marks_history_and_decisions_are_shared(etcd_single: EtcdCluster,
     two.update_reseed(row, job="j1", outcome="committed")
     assert one.reseeds(50.0) == [ReseedRecord("r1", "r2", "j1", 100.0, "committed")]
     assert one.reseeds(150.0) == []
+    row = one.record_failover(FailoverRecord("m", "r1", None, 100.0))
+    two.update_failover(row, job="j2", outcome="committed", promoted="r1")
+    assert one.failovers(50.0) == [FailoverRecord("m", "r1", "j2", 100.0, "committed", "r1")]
+    assert two.failovers(150.0) == []
     monkeypatch.setattr(etcd_store, "KEEP_DECISIONS", 3)
     for i in range(5):
         one.record_decision({"n": i})

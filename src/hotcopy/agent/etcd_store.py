@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from hotcopy.agent.model import ReseedRecord
+from hotcopy.agent.model import FailoverRecord, ReseedRecord
 from hotcopy.agent.rails import Pause
 from hotcopy.saga.etcd_client import (
     EtcdClient,
@@ -138,6 +138,23 @@ class EtcdAgentStore:
 
     def reseeds(self, since: float) -> list[ReseedRecord]:
         records = [ReseedRecord(**value) for _, value in self._values("reseeds/")]
+        return sorted((r for r in records if r.started >= since), key=lambda r: r.started)
+
+    def record_failover(self, record: FailoverRecord) -> int:
+        rowid = time.time_ns()
+        self._put(f"failovers/{rowid:020d}", vars(record))
+        return rowid
+
+    def update_failover(self, rowid: int, *, job: str | None, outcome: str,
+                        promoted: str | None) -> None:
+        key = f"failovers/{rowid:020d}"
+        value = self._get(key) or {}
+        value.update({"outcome": outcome, **({"job": job} if job else {}),
+                      **({"promoted": promoted} if promoted else {})})
+        self._put(key, value)
+
+    def failovers(self, since: float) -> list[FailoverRecord]:
+        records = [FailoverRecord(**value) for _, value in self._values("failovers/")]
         return sorted((r for r in records if r.started >= since), key=lambda r: r.started)
 
     # agents, status -----------------------------------------------------------------

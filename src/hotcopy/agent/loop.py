@@ -1,8 +1,9 @@
 """The agent's loop: poll, decide, and (as leader only) start a workflow.
 
-The agent never changes a host itself: every change it causes is a clone, resume or
-rollback run through hotcopy.workflows.clone, journaled with its undo like one an
-operator starts. Everything it concludes is recorded as a decision with its reasons.
+The agent never changes a host itself: every change it causes is a clone, failover,
+resume or rollback run through the workflow an operator would start (hotcopy.workflows
+clone or failover), journaled with its undo like one an operator starts. Everything
+it concludes is recorded as a decision with its reasons.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hotcopy.agent import decisions, worker
+from hotcopy.agent import candidate, decisions, worker
 from hotcopy.agent.health import HealthMonitor
 from hotcopy.agent.metrics import AgentMetrics
-from hotcopy.agent.model import Decision, Policy, ReseedRecord, RunningJob
+from hotcopy.agent.model import Decision, FailoverRecord, Policy, ReseedRecord, RunningJob
 from hotcopy.agent.store import AgentStore
 from hotcopy.config import Config
 from hotcopy.errors import HotcopyError
 from hotcopy.runtime import Runtime
 from hotcopy.saga import TERMINAL_STATES, Job, JobState, Journal, LockInfo
 from hotcopy.saga.journal import hotcopy_pid_alive
+from hotcopy.workflows.promotion_jobs import module_for
+from hotcopy.workflows.promotion_steps import PONR
 from hotcopy.workflows.report import job_report
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,9 @@ def policy_of(config: Config) -> Policy:
     return Policy(grace_s=agent.grace_s, flap_window_s=agent.flap_window_s,
                   max_reseeds_per_day=agent.max_reseeds_per_day,
                   lag_threshold_s=agent.lag_threshold_s,
-                  free_space_margin=config.clone.free_space_margin)
+                  free_space_margin=config.clone.free_space_margin,
+                  auto_failover=agent.auto_failover, failover_after_s=agent.failover_after_s,
+                  max_failovers_per_day=agent.max_failovers_per_day)
 
 
 def agent_identity() -> str:
@@ -99,6 +104,9 @@ class Agent:
         self.worker: worker.Worker | None = None
         self.is_leader = False
         self._last: dict[tuple[str, str | None], tuple[Any, ...]] = {}
+        #: When the master was first seen down in the current run of polls (the leader's
+        #: own memory, like the grace period: a new leader counts again, only ever later).
+        self._down_since: float | None = None
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -124,7 +132,16 @@ class Agent:
         running = self.worker
         if running is not None and running.alive:
             job_id = self._job_of(running)
-            if job_id and self.journal.get_job(job_id).state is JobState.COMMITTED:
+            if running.action == "failover":
+                # Interrupted past its point of no return it would stop for attention with
+                # a new master half set up; before it, the shard has no master at all.
+                # Either way finishing (bounded, it takes seconds) is the better stop.
+                log.info("stopping: waiting for the failover (job %s) to end", job_id,
+                         extra={"event": "worker-finishing", "job": job_id})
+                running.process.join(600)
+                if running.alive:
+                    running.stop(timeout_s=600)
+            elif job_id and self.journal.get_job(job_id).state is JobState.COMMITTED:
                 # Past the commit only cleanup is left (the old datadir): let it finish
                 # rather than interrupt it and leave the old datadir behind.
                 log.info("stopping: job %s is committed, waiting for its cleanup", job_id,
@@ -156,18 +173,32 @@ class Agent:
         if self.worker is not None and self.worker.job not in {j.id for j in jobs}:
             # Spawned but its job not journaled yet (or already ended): it still holds
             # the shard, or a second re-seed could be decided in between.
-            jobs.append(RunningJob(self.worker.job or "(starting)", "clone", "starting",
+            kind = "failover" if self.worker.action == "failover" else "clone"
+            jobs.append(RunningJob(self.worker.job or "(starting)", kind, "starting",
                                    self.worker.source, self.worker.target, True))
         made = self._takeovers(jobs, now)
-        history = self.store.reseeds(now - max(DAY_S, self.policy.flap_window_s))
+        since = self._down_since = decisions.down_since(self._down_since, observation)
+        horizon = now - max(DAY_S, self.policy.flap_window_s)
+        history = self.store.reseeds(horizon)
+        failovers = self.store.failovers(horizon) if not observation.master_up else []
         master = observation.replicas.get(observation.master or "")
+        chosen = None
+        if (self.policy.auto_failover and since is not None
+                and now - since >= self.policy.failover_after_s):
+            chosen = candidate.read(self.runtime, observation)
         made += decisions.decide(observation, policy=self.policy, pause=pause, jobs=jobs,
                                  history=history, observe_only=self.observe_only,
-                                 master_major=master.major if master else "")
+                                 master_major=master.major if master else "", since=since,
+                                 failovers=failovers, candidate=chosen,
+                                 config_path=self.config.source_path or "FILE")
         for decision in made:
             self._record(decision)
-            if decision.action == "reseed" and not self.observe_only and self.worker is None:
+            if self.observe_only or self.worker is not None:
+                continue
+            if decision.action == "reseed":
                 self._start_reseed(decision)
+            elif decision.action == "failover":
+                self._start_failover(decision)
         self._publish(observation.as_dict(), made, pause is not None, now)
 
     # -- acting -----------------------------------------------------------------------
@@ -183,15 +214,21 @@ class Agent:
             steps = {s.name: s.outcome for s in self.journal.steps(job.id)}
             outstanding = {e.step for e in self.journal.undo_entries(job.id)
                            if e.outstanding and e.step}
-            state = self.journal.get_job(job.id).state
-            if state in (JobState.ROLLING_BACK, JobState.ROLLBACK_INCOMPLETE):
+            full = self.journal.get_job(job.id)
+            if full.state in (JobState.ROLLING_BACK, JobState.ROLLBACK_INCOMPLETE):
                 action, why = "rollback", f"job {job.id} was rolling back: finishing it"
+            elif module_for(job.kind) is not None:
+                action, why = decisions.takeover_promotion(
+                    job.id, passed_point_of_no_return=bool(full.info.get(PONR)),
+                    attention=full.info.get("attention"))
             else:
                 action, why = decisions.takeover(job.id, steps, outstanding)
             decision = Decision(action, job.target, [f"the controller of job {job.id} is gone",
                                                      why], now, donor=job.source, job=job.id,
                                 observe_only=self.observe_only)
             made.append(decision)
+            if action == "attention":
+                continue
             if not self.observe_only and self.worker is None and self._still_leader():
                 self.worker = worker.spawn(self.config.source_path, action, job=job.id,
                                            source=job.source, target=job.target)
@@ -216,11 +253,26 @@ class Agent:
         self.store.unmark(decision.target)  # an operator's mark is used up by this re-seed
         self.metrics.reseed_started()
 
+    def _start_failover(self, decision: Decision) -> None:
+        assert decision.target is not None
+        if not self._still_leader():
+            log.warning("lost the leadership before failing %s over: not acting",
+                        decision.target, extra={"event": "not-leader"})
+            return
+        self.worker = worker.spawn(self.config.source_path, "failover",
+                                   source=decision.target, target=decision.candidate)
+        self.worker.history_row = self.store.record_failover(
+            FailoverRecord(decision.target, decision.candidate, None, self.worker.started))
+
     def _job_of(self, running: worker.Worker) -> str | None:
         if running.job is not None:
             return running.job
         for job in self.journal.list_jobs(20):
-            if (job.kind == "clone" and job.params.get("target") == running.target
+            if running.action == "failover":
+                if job.kind == "failover" and job.created >= running.started - 1:
+                    running.job = job.id
+                    return job.id
+            elif (job.kind == "clone" and job.params.get("target") == running.target
                     and job.created >= running.started - 1):
                 running.job = job.id
                 return job.id
@@ -232,17 +284,20 @@ class Agent:
             return
         known = running.job
         job_id = self._job_of(running)
+        failover = running.action == "failover"
         if running.alive:
             if job_id and known is None and running.history_row is not None:
-                self.store.update_reseed(running.history_row, job=job_id, outcome="started")
+                self._update_history(running, job_id, "started")
             return
         self.worker = None
         report = job_report(self.journal, job_id) if job_id else {"state": "failed"}
         state = str(report.get("state"))
         seconds = self.clock() - running.started
         if running.history_row is not None:
-            self.store.update_reseed(running.history_row, job=job_id, outcome=state)
-        if state in {str(s) for s in TERMINAL_STATES}:
+            self._update_history(running, job_id, state)
+        if failover:
+            self._down_since = None  # whoever is master now is seen afresh
+        elif state in {str(s) for s in TERMINAL_STATES}:
             self.metrics.reseed_finished(report, seconds)
         else:
             # The worker died with the job unfinished: the next poll takes it over.
@@ -257,6 +312,15 @@ class Agent:
                         "target": running.target, "state": state,
                         "exit_code": running.exit_code, "seconds": round(seconds, 3)})
 
+    def _update_history(self, running: worker.Worker, job_id: str | None, state: str) -> None:
+        assert running.history_row is not None
+        if running.action != "failover":
+            self.store.update_reseed(running.history_row, job=job_id, outcome=state)
+            return
+        promoted = self.journal.get_job(job_id).info.get("new_master") if job_id else None
+        self.store.update_failover(running.history_row, job=job_id, outcome=state,
+                                   promoted=promoted)
+
     # -- recording ---------------------------------------------------------------------
 
     def _record(self, decision: Decision) -> None:
@@ -268,7 +332,9 @@ class Agent:
         body = decision.as_dict()
         body["agent"] = self.id
         self.store.record_decision(body)
-        level = logging.WARNING if decision.action in ("master-down", "no-donor") else logging.INFO
+        level = (logging.WARNING if decision.action in ("master-down", "no-donor", "failover",
+                                                         "no-candidate", "attention")
+                 else logging.INFO)
         log.log(level, "decision: %s %s%s: %s", decision.action, decision.target or "",
                  f" from {decision.donor}" if decision.donor else "", "; ".join(decision.reasons),
                  extra={"event": "decision", "decision": body})

@@ -95,6 +95,22 @@ class ReseedRecord:
 
 
 @dataclass(frozen=True)
+class FailoverRecord:
+    """An automatic failover the agent started: the anti-flap and daily rails of failover.
+
+    ``candidate`` is who the agent expected the workflow to promote; ``promoted`` who it
+    did (the workflow chooses again after every replica has applied its relay log).
+    """
+
+    master: str
+    candidate: str | None
+    job: str | None
+    started: float
+    outcome: str = "started"  # started | committed | rolled-back | failed | attention
+    promoted: str | None = None
+
+
+@dataclass(frozen=True)
 class Block:
     """A rail that stops a re-seed: why, and until when (None: until someone acts)."""
 
@@ -112,13 +128,19 @@ class Policy:
     max_reseeds_per_day: int = 4
     lag_threshold_s: int = 60
     free_space_margin: float = 0.10
+    auto_failover: bool = False
+    failover_after_s: float = 30.0
+    max_failovers_per_day: int = 2
 
 
 @dataclass
 class Decision:
     """What the leader concluded about one replica (or the shard) in one poll.
 
-    ``action``: reseed | blocked | no-donor | master-down | resume | rollback.
+    ``action``: reseed | blocked | no-donor | master-down | failover | resume | rollback.
+    ``candidate``: for failover, the replica the workflow would promote now; ``since``:
+    for a master that is down, when this leader first saw it down (not part of the key:
+    it does not make a new decision).
     """
 
     action: str
@@ -131,10 +153,12 @@ class Decision:
     observe_only: bool = False
     job: str | None = None
     rejected_donors: dict[str, str] = field(default_factory=dict)
+    candidate: str | None = None
+    since: float | None = None
 
-    def key(self) -> tuple[str, str | None, str | None, str | None, str | None]:
+    def key(self) -> tuple[str | None, ...]:
         """Same key as the previous poll's decision: not recorded again (no log flood)."""
-        return (self.action, self.target, self.donor, self.rail, self.job)
+        return (self.action, self.target, self.donor, self.rail, self.job, self.candidate)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

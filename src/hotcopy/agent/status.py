@@ -34,6 +34,20 @@ def flap_windows(config: Config, store: AgentStore, now: float) -> list[dict[str
     return list(windows.values())
 
 
+def failovers(config: Config, store: AgentStore, now: float) -> tuple[list[dict[str, Any]],
+                                                                      dict[str, Any] | None]:
+    """The automatic failovers of the last day, and the anti-flap window they hold open
+    (the shard's next automatic failover waits until its end)."""
+    policy = policy_of(config)
+    history = store.failovers(now - max(rails.DAY_S, policy.flap_window_s))
+    records = [{**vars(r), "started_utc": rails.stamp(r.started)} for r in history]
+    current = history[-1].promoted or "its master" if history else "its master"
+    block = rails.failover_flap_window(current, history, now, policy)
+    window = None if block is None else {"until": block.until, "reason": block.reason,
+                                         "until_utc": rails.stamp(block.until or now)}
+    return records, window
+
+
 def _pause_text(pause: rails.Pause) -> str:
     block = rails.paused(pause)
     return block.reason if block is not None else ""
@@ -62,6 +76,7 @@ def build(config: Config, store: AgentStore, journal: Journal, now: float) -> di
     agents = [{**a, "alive": now - float(a["seen"]) < max(3 * config.agent.interval_s, ttl)}
               for a in store.agents()]
     observation = published.get("observation") or {}
+    failover_history, failover_window = failovers(config, store, now)
     return {
         "shard": config.shard.name,
         "at": now,
@@ -82,5 +97,8 @@ def build(config: Config, store: AgentStore, journal: Journal, now: float) -> di
         "jobs": jobs,
         "decisions": store.decisions(20),
         "flap_windows": flap_windows(config, store, now),
+        "auto_failover": config.agent.auto_failover,
+        "failovers": failover_history,
+        "failover_window": failover_window,
         "marks": store.marks(),
     }

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from hotcopy.agent.model import ReseedRecord
+from hotcopy.agent.model import FailoverRecord, ReseedRecord
 from hotcopy.agent.rails import Pause
 from hotcopy.errors import RefusedError
 
@@ -34,6 +34,10 @@ class AgentStore(Protocol):
     def record_reseed(self, record: ReseedRecord) -> int: ...
     def update_reseed(self, rowid: int, *, job: str | None, outcome: str) -> None: ...
     def reseeds(self, since: float) -> list[ReseedRecord]: ...
+    def record_failover(self, record: FailoverRecord) -> int: ...
+    def update_failover(self, rowid: int, *, job: str | None, outcome: str,
+                        promoted: str | None) -> None: ...
+    def failovers(self, since: float) -> list[FailoverRecord]: ...
     def heartbeat(self, agent_id: str, info: dict[str, Any], now: float) -> None: ...
     def agents(self) -> list[dict[str, Any]]: ...
     def put_status(self, status: dict[str, Any]) -> None: ...
@@ -54,6 +58,8 @@ CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, text TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY, at REAL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS reseeds (id INTEGER PRIMARY KEY, target TEXT, donor TEXT, job TEXT,
                                     started REAL, outcome TEXT);
+CREATE TABLE IF NOT EXISTS failovers (id INTEGER PRIMARY KEY, master TEXT, candidate TEXT,
+                                      job TEXT, started REAL, outcome TEXT, promoted TEXT);
 CREATE TABLE IF NOT EXISTS agents (id TEXT PRIMARY KEY, seen REAL, info TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leader (one INTEGER PRIMARY KEY CHECK (one = 1), id TEXT,
                                    expires REAL);
@@ -137,6 +143,25 @@ class SqliteAgentStore:
         rows = self._rows("SELECT target, donor, job, started, outcome FROM reseeds "
                           "WHERE started >= ? ORDER BY started", (since,))
         return [ReseedRecord(str(t), str(d), j, float(s), str(o)) for t, d, j, s, o in rows]
+
+    def record_failover(self, record: FailoverRecord) -> int:
+        cursor = self._write("INSERT INTO failovers (master, candidate, job, started, outcome, "
+                             "promoted) VALUES (?, ?, ?, ?, ?, ?)",
+                             (record.master, record.candidate, record.job, record.started,
+                              record.outcome, record.promoted))
+        return int(cursor.lastrowid or 0)
+
+    def update_failover(self, rowid: int, *, job: str | None, outcome: str,
+                        promoted: str | None) -> None:
+        self._write("UPDATE failovers SET job = COALESCE(?, job), outcome = ?, "
+                    "promoted = COALESCE(?, promoted) WHERE id = ?",
+                    (job, outcome, promoted, rowid))
+
+    def failovers(self, since: float) -> list[FailoverRecord]:
+        rows = self._rows("SELECT master, candidate, job, started, outcome, promoted "
+                          "FROM failovers WHERE started >= ? ORDER BY started", (since,))
+        return [FailoverRecord(str(m), c, j, float(s), str(o), p)
+                for m, c, j, s, o, p in rows]
 
     def heartbeat(self, agent_id: str, info: dict[str, Any], now: float) -> None:
         self._write("INSERT OR REPLACE INTO agents (id, seen, info) VALUES (?, ?, ?)",

@@ -1,9 +1,10 @@
-"""A re-seed, resume or rollback run by the agent in a child process of its own.
+"""A re-seed, failover, resume or rollback run by the agent in a child process of its own.
 
 A child, not a thread: the clone's own signal handling (SIGTERM rolls it back) works
 only in a main thread, and the leader keeps polling, renewing its lease and serving
 metrics while a clone runs for hours. The child builds its own Runtime and journal
-from the config file, exactly as `hotcopy clone` would.
+from the config file, exactly as `hotcopy clone` (or `hotcopy failover --yes`) would;
+a resume or rollback goes to the workflow of the job's kind, as `hotcopy resume` does.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def _child(config_path: str, action: str, source: str | None, target: str | None
     from hotcopy.progress import NullReporter
     from hotcopy.runtime import Runtime
     from hotcopy.saga.factory import open_journal
-    from hotcopy.workflows import clone
+    from hotcopy.workflows import clone, failover, promotion_jobs
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's stop handler is not ours
     config = config_module.load(config_path)
@@ -35,12 +36,16 @@ def _child(config_path: str, action: str, source: str | None, target: str | None
     if action == "reseed":
         assert source is not None and target is not None
         outcome = clone.start(runtime, journal, source, target, reporter)
-    elif action == "resume":
-        assert job_id is not None
-        outcome = clone.resume(runtime, journal, job_id, reporter)
+    elif action == "failover":
+        # The workflow chooses the replica itself, after each has applied its relay log.
+        outcome = failover.start(runtime, journal, reporter)
     else:
         assert job_id is not None
-        outcome = clone.rollback(runtime, journal, job_id, reporter)
+        workflow = promotion_jobs.module_for(journal.get_job(job_id).kind) or clone
+        if action == "resume":
+            outcome = workflow.resume(runtime, journal, job_id, reporter)
+        else:
+            outcome = workflow.rollback(runtime, journal, job_id, reporter)
     log.info("%s %s ended %s", action, outcome.job.id, outcome.job.state,
              extra={"event": "job-ended", "job": outcome.job.id,
                     "state": str(outcome.job.state), "exit_code": int(outcome.exit_code)})

@@ -153,6 +153,13 @@ def _render_agent_status(report: dict[str, Any]) -> None:
     for window in report["flap_windows"]:
         out_console.print(f"flap window: {escape(window['replica'])} not re-seeded again until "
                           f"{window['until_utc']}")
+    for record in report.get("failovers", []):
+        out_console.print(f"automatic failover {record['started_utc']}: master "
+                          f"{escape(record['master'])} -> "
+                          f"{escape(str(record['promoted'] or record['candidate']))}, job "
+                          f"{record['job']} {record['outcome']}")
+    if report.get("failover_window"):
+        out_console.print(f"failover flap window: {escape(report['failover_window']['reason'])}")
     for job in report["jobs"]:
         done, expected = job.get("bytes_done"), job.get("bytes_expected")
         copied = "" if done is None else f"; {human_bytes(done)}" + (
@@ -163,4 +170,6 @@ def _render_agent_status(report: dict[str, Any]) -> None:
         stamp = time.strftime("%H:%M:%S", time.gmtime(decision["at"]))
         out_console.print(f"{stamp} {decision['action']} {escape(decision['target'] or '-')}"
                           + (f" from {escape(decision['donor'])}" if decision.get("donor")
+                             else "")
+                          + (f" to {escape(decision['candidate'])}" if decision.get("candidate")
                              else "") + ": " + escape("; ".join(decision["reasons"])))
