@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,8 @@ from hotcopy.transfer.rsync_ssh import far_probe, far_rsync
 
 from ..real_parts import missing_tools, needs
 
-SERVER = {"host": "10.0.0.2", "datadir": "/var/lib/mysql", "defaults_file": "/etc/my.cnf"}
+SERVER: dict[str, Any] = {"host": "10.0.0.2", "datadir": "/var/lib/mysql",
+                          "defaults_file": "/etc/my.cnf"}
 
 
 def remote_command(executor: SshExecutor, argv: list[str],
