@@ -5,10 +5,11 @@ this module, with its own key in ~/.ssh and no password, logs in to every host, 
 drop-in under /etc/sudoers.d/ (checked by ``visudo -cf``) gives it the rule the README
 prints. With ``sudo = true`` on every server a clone under write load commits, the new
 replica equals the master by checksum, no secret shows in any process's argv or
-environment, and every login the clone made was that user's. With the drop-in gone,
-``hotcopy check`` and the clone's preflight refuse (exit 2), name the sudoers line to
-add, and nothing was changed. The user, the drop-in and the namespaces are removed at
-the end, also after a failure.
+environment, and every login the clone made was that user's; so with the stream method,
+and over rsync_ssh, where the target's own ssh starts the far rsync through sudo. With
+the drop-in gone, ``hotcopy check`` and the clone's preflight refuse (exit 2), name the
+sudoers line to add, and nothing was changed. The user, the drop-in and the namespaces
+are removed at the end, also after a failure.
 """
 
 from __future__ import annotations
@@ -235,6 +236,30 @@ def test_clone_under_load_through_sudo_keeps_its_secrets(hosts: SandboxInfo) -> 
     assert differing_tables(table_checksums(master), table_checksums(target)) == []
     assert not has_schema(target, "only_on_old_replica2"), "target must run on the new datadir"
     assert no_backup_lock(source)
+    assert leftovers(hosts) == []
+    rt.close()
+
+
+def test_stream_through_sudo_keeps_its_token(hosts: SandboxInfo) -> None:
+    """The other listener kind: socat on the target, its one-time token on stdin."""
+    config, journal, state_dir = sudo_config(hosts, "stream", transfer="bwlimit_kbps = 20000\n")
+    passwords = {password_in(hosts.admin_option_file), password_in(hosts.repl_option_file)}
+    marks = sshd_logs(hosts)
+    with Sampler(state_dir) as sampler:
+        proc = hotcopy("-vv", "clone", "--config", str(config), "--source", SOURCE,
+                       "--target", TARGET, "--yes", "--json", "--transfer", "stream")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["state"] == "committed" and "stream" in json.dumps(report["steps"])
+    assert set(logins_since(marks)) == {USER}
+    assert sampler.secrets, "the stream's one-time token was never seen"
+    assert sampler.secret_file_modes == {0o600}
+    sampler.assert_kept(hosts, proc, journal, passwords)
+    assert list(state_dir.iterdir()) == []
+    rt = runtime(hosts)
+    target, master = rt.server(TARGET), rt.server(hosts.master)
+    wait_replicating(target, master)
+    assert differing_tables(table_checksums(master), table_checksums(target)) == []
     assert leftovers(hosts) == []
     rt.close()
 
