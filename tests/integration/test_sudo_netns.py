@@ -26,9 +26,11 @@ from typing import Any
 
 import pytest
 
-from hotcopy.hosts.ssh import sudoers_line
+from hotcopy.config import load as load_config
+from hotcopy.hosts.ssh import SudoRefused, sudoers_line
 from hotcopy.loadgen import WriteLoad
 from hotcopy.mysql.checksum import differing_tables, table_checksums
+from hotcopy.runtime import Runtime
 from hotcopy.saga import SqliteJournal
 from hotcopy.sandbox import SandboxInfo, layout
 
@@ -203,7 +205,8 @@ def test_the_login_is_not_root_and_sudo_works_only_through_the_drop_in(
         through_sudo.stderr
 
 def test_clone_under_load_through_sudo_keeps_its_secrets(hosts: SandboxInfo) -> None:
-    config, journal, state_dir = sudo_config(hosts, "clone")
+    # The bandwidth limit keeps the daemon and its secret file up for many samples.
+    config, journal, state_dir = sudo_config(hosts, "clone", transfer="bwlimit_kbps = 10000\n")
     rt = runtime(hosts)
     master, source, target = (rt.server(n) for n in (hosts.master, SOURCE, TARGET))
     mark_local(target, "only_on_old_replica2")
@@ -328,3 +331,27 @@ def test_without_the_sudoers_rule_check_and_clone_refuse_naming_it(
     assert not state_dir.exists() or list(state_dir.iterdir()) == []
     rt.close()
 
+
+
+def test_a_rule_revoked_mid_job_is_never_read_as_a_command_failure(
+        hosts: SandboxInfo, user: SudoUser) -> None:
+    """After the once-per-host probe passed: sudo's refusal of a later command raises,
+    even where the caller only looks at the exit code (``exists`` would say "missing")."""
+    config, _, _ = sudo_config(hosts, "revoked")
+    rt = Runtime(load_config(config))
+    executor = rt.executor(SOURCE)
+    datadir = hosts.datadir(SOURCE)
+    assert executor.exists(str(datadir))
+    user.revoke_sudo()
+    try:
+        rule = re.escape(sudoers_line(USER))
+        with pytest.raises(SudoRefused, match=rule):
+            executor.exists(str(datadir))
+        with pytest.raises(SudoRefused, match=rule):
+            executor.read_file(str(datadir / "ibdata1"))
+        with pytest.raises(SudoRefused, match=rule):
+            executor.stream(["cat", "/dev/null"], lambda line: None, timeout=60)
+    finally:
+        user.allow_sudo()
+    assert executor.exists(str(datadir))
+    rt.close()
