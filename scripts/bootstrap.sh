@@ -22,6 +22,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 packages=(mariadb-server mariadb-client mariadb-backup btrfs-progs zfs-fuse rsync socat pv
           openssh-server openssh-client sysbench iproute2 zstd util-linux procps psmisc
           python3 python3-venv kmod etcd-server etcd-client shellcheck
+          # servers.NAME.sudo: its test logs in as a non-root user that has sudo.
+          sudo
           # The LVM tests (its core runs in scripts/test): a qemu guest on Debian's own
           # kernel with this root over 9p, because this kernel may lack device-mapper.
           qemu-system-x86 linux-image-amd64 lvm2 xfsprogs)

@@ -185,6 +185,7 @@ class ServerConfig(_Strict):
     host: str = Field(min_length=1)
     port: int = Field(default=3306, ge=1, le=65535)
     ssh: str = "local"
+    sudo: bool = False
     datadir: str
     defaults_file: str
     service: str | None = None
@@ -202,6 +203,13 @@ class ServerConfig(_Strict):
         if not value.startswith("/"):
             raise ValueError("must be an absolute path")
         return value.rstrip("/") or "/"
+
+    @model_validator(mode="after")
+    def _sudo_needs_ssh(self) -> ServerConfig:
+        if self.sudo and self.ssh == "local":
+            raise ValueError("sudo = true needs an ssh destination: for ssh = \"local\" run "
+                             "hotcopy itself as root")
+        return self
 
     @field_validator("host")
     @classmethod

@@ -85,6 +85,8 @@ EXPLAINED: dict[str, str] = {
     "servers.NAME.host": "SQL address; the transfer binds to it too",
     "servers.NAME.port": "SQL port",
     "servers.NAME.ssh": "'local', or an OpenSSH destination such as root@10.0.0.1",
+    "servers.NAME.sudo": "the ssh user is not root: every command on the host runs through "
+                         "`sudo -n` (README: the sudoers line it needs)",
     "servers.NAME.datadir": "the server's datadir",
     "servers.NAME.defaults_file": "the my.cnf mysqld starts with when no service is set",
     "servers.NAME.service": "systemd unit that starts and stops mysqld",

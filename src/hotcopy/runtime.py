@@ -37,7 +37,7 @@ class Runtime:
             options = SshOptions(known_hosts=self.config.ssh.known_hosts,
                                  identity_file=self.config.ssh.identity_file,
                                  connect_timeout=self.config.ssh.connect_timeout_s)
-            self._executors[name] = executor_for(conf.ssh, options)
+            self._executors[name] = executor_for(conf.ssh, options, sudo=conf.sudo)
         return self._executors[name]
 
     def server(self, name: str) -> Server:

@@ -88,12 +88,37 @@ def ensure_private_dir(path: str) -> str:
     return path
 
 
+#: What sudo prints when it would have to ask for a password (no NOPASSWD rule, or no
+#: rule at all) or refuses the command; with -n it says so at once and exits 1.
+SUDO_REFUSALS = ("sudo: a password is required", "sudo: a terminal is required",
+                 "is not allowed to execute", "is not in the sudoers file",
+                 "you must have a tty to run sudo")
+
+
+def sudoers_line(user: str) -> str:
+    """The rule a sudo host needs: hotcopy runs ``sh -c SCRIPT`` and ``env K=V CMD``,
+    so any narrower command list would still grant root through those two."""
+    return f"{user} ALL=(root) NOPASSWD: ALL"
+
+
+class SudoRefused(RefusedError):
+    """sudo on a host would need a password or refuses the command; nothing ran."""
+
+
+def _sudo_refused(stderr: str) -> bool:
+    return any(text in stderr for text in SUDO_REFUSALS)
+
+
 class SshExecutor:
     is_local = False
 
-    def __init__(self, destination: str, options: SshOptions) -> None:
+    def __init__(self, destination: str, options: SshOptions, *, sudo: bool = False) -> None:
         self.destination = destination
         self.options = options
+        #: Every command goes through ``sudo -n --`` (servers.NAME.sudo): a non-root login.
+        self.sudo = sudo
+        self._sudo_works = False
+        self._sudo_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -125,12 +150,86 @@ class SshExecutor:
             argv += ["-o", opt]
         return [*argv, self.destination, "--"]
 
-    def _remote(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
-        command = shlex.join(argv)
+    def remote_words(self, argv: Sequence[str], env: Mapping[str, str] | None = None,
+                     ) -> list[str]:
+        """What the login shell on the host runs: argv, behind ``env K=V`` when env is
+        given and behind ``sudo -n --`` on a sudo host. ``env`` rather than sudo's own
+        variable passing, which env_reset and env_check would filter; stdin (secrets,
+        file contents) passes through sudo untouched."""
+        words = list(argv)
         if env:
-            assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
-            command = f"env {assignments} {command}"
-        return [*self._base_argv(), command]
+            words = ["env", *(f"{k}={v}" for k, v in env.items()), *words]
+        if self.sudo:
+            words = ["sudo", "-n", "--", *words]
+        return words
+
+    def _remote(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
+        return [*self._base_argv(), shlex.join(self.remote_words(argv, env))]
+
+    def _execute(self, command: str, shown: Sequence[str], *, input: bytes | None,
+                 timeout: float | None) -> CommandResult:
+        """One remote command line as given; ssh's own failures (255) raised here."""
+        try:
+            proc = subprocess.run([*self._base_argv(), command], input=input,
+                                  capture_output=True, timeout=timeout, check=False,
+                                  start_new_session=True,
+                                  stdin=None if input is not None else subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise CommandError(
+                f"on {self.destination}: `{shlex.join(shown)[:200]}` did not finish within "
+                f"{timeout:.0f}s") from exc
+        stderr = proc.stderr.decode(errors="replace")
+        if proc.returncode == 255:
+            raise CommandError(
+                f"cannot reach {self.destination} over ssh: {stderr.strip()[-300:]}",
+                returncode=255, stderr=stderr,
+                hint="check that `ssh " + self.destination + " true` works non-interactively "
+                     "(key loaded, host key in known_hosts)")
+        return CommandResult(tuple(shown), proc.returncode, proc.stdout.decode(errors="replace"),
+                             stderr)
+
+    def check_sudo(self) -> None:
+        """Raise SudoRefused unless ``sudo -n true`` works on the host (once per executor).
+
+        Asked before the first command, so a missing sudoers rule stops a job before
+        anything ran, with the line to add, instead of a command failing halfway (or a
+        ``test -e`` reading sudo's refusal as "no such file").
+        """
+        if not self.sudo:
+            return
+        with self._sudo_lock:
+            if self._sudo_works:
+                return
+            timeout = self.options.connect_timeout + 30
+            probe = self._execute(shlex.join(["sudo", "-n", "true"]), ["sudo", "-n", "true"],
+                                  input=None, timeout=timeout)
+            if not probe.ok:
+                raise self._refusal(probe.returncode, probe.stderr, timeout)
+            self._sudo_works = True
+
+    def _refusal(self, returncode: int, stderr: str, timeout: float | None) -> SudoRefused:
+        user = self._execute("id -un", ["id", "-un"], input=None,
+                             timeout=timeout).stdout.strip() or "THE_SSH_USER"
+        why = (stderr.strip().splitlines() or [f"exit {returncode}"])[-1]
+        if returncode == 127:
+            return SudoRefused(f"on {self.destination}: sudo is not installed ({why})",
+                               hint=f"install sudo there and add the sudoers line "
+                                    f"`{sudoers_line(user)}`, or log in as root and set "
+                                    "sudo = false")
+        return SudoRefused(
+            f"on {self.destination}: sudo -n does not let {user} run commands as root "
+            f"without a password ({why})",
+            hint=f"add `{sudoers_line(user)}` with `visudo -f /etc/sudoers.d/hotcopy` on "
+                 f"{self.destination} (see the README, \"sudo\")")
+
+    def _checked(self, argv: Sequence[str], result: CommandResult, check: bool,
+                 timeout: float | None) -> CommandResult:
+        """A refusal by sudo is never a command's own failure, even with check=False."""
+        if self.sudo and result.returncode == 1 and _sudo_refused(result.stderr):
+            raise self._refusal(result.returncode, result.stderr, timeout)
+        if check and not result.ok:
+            raise command_failed(self.destination, argv, result.returncode, result.stderr)
+        return result
 
     def run(
         self,
@@ -142,26 +241,10 @@ class SshExecutor:
         env: Mapping[str, str] | None = None,
     ) -> CommandResult:
         log.debug("%s: %s", self.destination, shlex.join(argv))
-        try:
-            proc = subprocess.run(self._remote(argv, env), input=input, capture_output=True,
-                                  timeout=timeout, check=False, start_new_session=True,
-                                  stdin=None if input is not None else subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            raise CommandError(
-                f"on {self.destination}: `{shlex.join(argv)[:200]}` did not finish within "
-                f"{timeout:.0f}s") from exc
-        stderr = proc.stderr.decode(errors="replace")
-        if proc.returncode == 255:
-            raise CommandError(
-                f"cannot reach {self.destination} over ssh: {stderr.strip()[-300:]}",
-                returncode=255, stderr=stderr,
-                hint="check that `ssh " + self.destination + " true` works non-interactively "
-                     "(key loaded, host key in known_hosts)")
-        result = CommandResult(tuple(argv), proc.returncode,
-                               proc.stdout.decode(errors="replace"), stderr)
-        if check and not result.ok:
-            raise command_failed(self.destination, argv, result.returncode, result.stderr)
-        return result
+        self.check_sudo()
+        result = self._execute(shlex.join(self.remote_words(argv, env)), argv, input=input,
+                               timeout=timeout)
+        return self._checked(argv, result, check, timeout)
 
     def stream(
         self,
@@ -171,19 +254,21 @@ class SshExecutor:
         timeout: float | None = None,
         check: bool = True,
     ) -> CommandResult:
-        return stream_process(self.destination, self._remote(argv), argv, on_line,
-                              timeout=timeout, check=check)
+        self.check_sudo()
+        result = stream_process(self.destination, self._remote(argv), argv, on_line,
+                                timeout=timeout, check=False)
+        return self._checked(argv, result, check, 60)
 
     def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
         self.run(remote.argv("write_file.sh", path, f"{mode:o}"), input=data)
 
     def read_file(self, path: str) -> bytes:
-        proc = subprocess.run([*self._base_argv(), shlex.join(["cat", path])],
-                              capture_output=True, timeout=60, check=False,
-                              start_new_session=True)
-        if proc.returncode != 0:
-            raise command_failed(self.destination, ["cat", path], proc.returncode,
-                                 proc.stderr.decode(errors="replace"))
+        self.check_sudo()
+        proc = subprocess.run(self._remote(["cat", path]), capture_output=True, timeout=60,
+                              check=False, start_new_session=True)
+        result = CommandResult(("cat", path), proc.returncode, "",
+                               proc.stderr.decode(errors="replace"))
+        self._checked(["cat", path], result, True, 60)
         return bytes(proc.stdout)
 
     def exists(self, path: str) -> bool:

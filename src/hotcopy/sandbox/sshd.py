@@ -130,6 +130,8 @@ def render_config(server: Sshd) -> str:
     StrictModes is off because test directories live below world-writable /tmp, which
     sshd's ancestor check rejects; the files themselves are root-owned and 0600.
     PAM is off so a root account without a password (``*``) can still use its key.
+    Only root is limited to the sandbox's authorized_keys; another user (the sudo test's
+    non-root login) uses its own ``~/.ssh/authorized_keys``.
     """
     listen = f"[{server.address}]" if ":" in server.address else server.address
     return "\n".join([
@@ -137,7 +139,9 @@ def render_config(server: Sshd) -> str:
         f"ListenAddress {listen}:{server.port}",
         f"HostKey {server.host_key}",
         f"PidFile {server.pid_file}",
-        f"AuthorizedKeysFile {server.authorized_keys}",
+        # Root: the sandbox's key only. Other users (a sudo login under test) bring their
+        # own in ~/.ssh, read by sshd as that user; see the Match block at the end.
+        f"AuthorizedKeysFile {server.authorized_keys} .ssh/authorized_keys",
         "PermitRootLogin prohibit-password",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
@@ -154,6 +158,8 @@ def render_config(server: Sshd) -> str:
         "MaxSessions 64",
         "MaxStartups 64:30:128",
         "LogLevel INFO",
+        "Match User root",
+        f"    AuthorizedKeysFile {server.authorized_keys}",
         "",
     ])
 

@@ -9,7 +9,8 @@ files on the target, named in ``[transfer]`` (``ssh_identity_file``,
 ``ssh_known_hosts``, ``ssh_port``, ``ssh_options``); host keys are checked strictly
 when a known_hosts file is given, and BatchMode turns a missing key into an error
 instead of a prompt. The ssh user (``ssh_user``, root by default) must be able to read
-the snapshot on the source.
+the snapshot on the source: a non-root one only through sudo, so with
+``servers.SOURCE.sudo`` the far rsync is started as ``sudo -n -- rsync``.
 
 Nothing listens on either host; what may be left running after a crash is the rsync
 clients on the target (their ssh sessions end with them), which the stop undo kills.
@@ -64,6 +65,17 @@ def ssh_argv(transfer: TransferConfig) -> list[str]:
     return argv
 
 
+def far_rsync(sudo: bool) -> list[str]:
+    """The source's rsync as the target's ssh starts it: through ``sudo -n`` when the
+    source's config says its logins are not root (``servers.SOURCE.sudo``)."""
+    return ["--rsync-path=sudo -n -- rsync"] if sudo else []
+
+
+def far_probe(sudo: bool) -> str:
+    """The remote command line of the login probe: sudo must work without a password."""
+    return "sudo -n -- rsync --version" if sudo else "command -v rsync"
+
+
 def remote(transfer: TransferConfig, address: str) -> str:
     host = f"[{address}]" if ":" in address else address
     return f"{transfer.ssh_user}@{host}"
@@ -84,13 +96,15 @@ class RsyncSsh:
             path = getattr(transfer, key)
             if path and not target.run(["test", "-r", path], check=False).ok:
                 return f"transfer.{key} {path} does not exist on {request.target}"
+        sudo = runtime.config.server(request.source).sudo
         probe = target.run([*ssh_argv(transfer), remote(transfer, request.source_address),
-                            "command -v rsync"], check=False,
+                            far_probe(sudo)], check=False,
                            timeout=transfer.connect_timeout_s + 30)
         if not probe.ok:
             why = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[-1]
-            return (f"{request.target} cannot run rsync on {request.source} over ssh as "
-                    f"{transfer.ssh_user}: {why}")
+            through = " through sudo -n" if sudo else ""
+            return (f"{request.target} cannot run rsync{through} on {request.source} over "
+                    f"ssh as {transfer.ssh_user}: {why}")
         return None
 
     def prepare(self, runtime: Runtime, request: TransferRequest) -> ServerHandle:
@@ -110,6 +124,7 @@ class RsyncSsh:
         base = ["rsync", "-a", "--numeric-ids", "--partial", "--inplace",
                 "--info=progress2,stats2",
                 f"--timeout={transfer.io_timeout_s}", "-e", " ".join(ssh_argv(transfer)),
+                *far_rsync(runtime.config.server(request.source).sudo),
                 *(f"--exclude={pattern}" for pattern in request.excludes)]
         url = f"{remote(transfer, request.source_address)}:{request.source_path.rstrip('/')}/"
         lists = write_lists(runtime, request, handle.params["workdir"])

@@ -22,6 +22,7 @@ from typing import Any
 from hotcopy import remote
 from hotcopy.errors import CommandError, HotcopyError, RefusedError
 from hotcopy.hosts import Executor
+from hotcopy.hosts.ssh import SudoRefused
 from hotcopy.mysql import grants, replication
 from hotcopy.mysql.connection import ServerAddress
 from hotcopy.mysql.server import Server
@@ -100,6 +101,10 @@ def _ssh(runtime: Runtime, name: str, rows: list[Row]) -> bool:
         return True
     try:
         runtime.executor(name).run(["true"], timeout=runtime.config.ssh.connect_timeout_s + 20)
+    except SudoRefused as exc:  # the login worked; `sudo -n true` did not
+        rows.append(Row(name, "ssh", OK, f"{conf.ssh}: login works, host key known"))
+        rows.append(Row(name, "sudo", PROBLEM, exc.message, exc.hint))
+        return False
     except CommandError as exc:  # ssh itself failed (255), or the login shell did
         stderr = exc.stderr or exc.message
         why = (stderr.strip().splitlines() or [f"exit {exc.returncode}"])[-1]
@@ -114,6 +119,8 @@ def _ssh(runtime: Runtime, name: str, rows: list[Row]) -> bool:
                             "check [ssh] identity_file and that the key is authorized"))
         return False
     rows.append(Row(name, "ssh", OK, f"{conf.ssh}: login works, host key known"))
+    if conf.sudo:
+        rows.append(Row(name, "sudo", OK, "sudo -n works: commands run as root"))
     return True
 
 

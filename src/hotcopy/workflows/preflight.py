@@ -15,6 +15,7 @@ from typing import Any
 from hotcopy import remote
 from hotcopy.errors import HotcopyError, MySQLError, RefusedError
 from hotcopy.hosts import Executor
+from hotcopy.hosts.ssh import SshExecutor, SudoRefused
 from hotcopy.mysql import backup_tool, replication
 from hotcopy.mysql.flavor import ReplicaStatus
 from hotcopy.mysql.mysqld import read_layout
@@ -97,8 +98,11 @@ def run(runtime: Runtime, journal: Journal, source: str, target: str,
         preflight_servers.check_distinct(report, runtime, source, target,
                                          report.facts["master"].get("name"), status)
     src_exec, tgt_exec = runtime.executor(source), runtime.executor(target)
-    _check_tools(report, src_exec, "source", ["rsync", "find", "stat", "findmnt"])
-    _check_tools(report, tgt_exec, "target", ["rsync", "stat", "df", "chown"])
+    _check_sudo(report, src_exec, "source")
+    _check_sudo(report, tgt_exec, "target")
+    if not report.errors:  # a refused sudo would only repeat itself as "not installed"
+        _check_tools(report, src_exec, "source", ["rsync", "find", "stat", "findmnt"])
+        _check_tools(report, tgt_exec, "target", ["rsync", "stat", "df", "chown"])
     if report.errors:
         return report
     _check_source_files(report, runtime, src, source, job_id)
@@ -289,6 +293,15 @@ def _check_stopped_target_version(report: Preflight, version: str | None, target
         report.error("versions", f"source runs {src_version} but target {target}'s server "
                      f"binary is {version}; a datadir only moves between servers of the same "
                      "major.minor version")
+
+
+def _check_sudo(report: Preflight, executor: Executor, role: str) -> None:
+    """A sudo host (servers.NAME.sudo) whose sudoers lacks the rule: refused with the line."""
+    if isinstance(executor, SshExecutor):
+        try:
+            executor.check_sudo()
+        except SudoRefused as exc:
+            report.error(f"{role}.sudo", exc.message, exc.hint)
 
 
 def _check_tools(report: Preflight, executor: Executor, role: str, tools: list[str]) -> None:
