@@ -98,9 +98,14 @@ class TransferRequest:
     bwlimit_kbps: int | None
     timeout_s: float
     retries: int
+    #: Called with the attempt number before a transfer starts again after a failure.
+    #: The clone makes it a fenced journal write, so a controller deposed while its
+    #: copy was failing stops there instead of restarting processes on the hosts.
+    before_retry: Callable[[int], None] = field(default=lambda attempt: None, repr=False,
+                                                compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if key != "before_retry"}
 
 
 @dataclass

@@ -185,6 +185,7 @@ def run_clients(executor: Executor, request: TransferRequest, commands: Sequence
                             index, exc.returncode, attempt, request.retries, delay)
                 if cancelled.wait(delay):
                     raise
+                request.before_retry(attempt + 1)
                 continue
             finally:
                 finished.set()

@@ -203,6 +203,7 @@ class StreamMethod:
                 log.warning("%s; starting over (retry %d of %d) in %.0fs", exc.message,
                             attempt, request.retries, delay)
                 time.sleep(delay)
+                request.before_retry(attempt + 1)
                 continue
             files = sum(1 for entry in entries if not entry.is_dir)
             return TransferResult(sum(sent), sum(entry.size for entry in entries), files,

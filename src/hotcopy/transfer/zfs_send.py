@@ -230,6 +230,7 @@ class ZfsSend:
                             exc.message, attempt + 1, request.retries + 1)
                 stop_ends(runtime, handle.params, keep_dataset=True)
                 time.sleep(retry_delay(attempt))
+                request.before_retry(attempt + 1)
                 self._arm(runtime, request, handle)
         target = runtime.executor(request.target)
         self._settle(target, handle.params)

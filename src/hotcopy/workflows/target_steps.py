@@ -62,7 +62,18 @@ def _request(ctx: StepContext) -> TransferRequest:
         source_path=plan.exposed_datadir, destination=ctx.state["staging"],
         excludes=list(ctx.state["excludes"]), expected_bytes=ctx.state.get("ship_bytes"),
         bwlimit_kbps=config.transfer.bwlimit_kbps, timeout_s=config.transfer.timeout_s,
-        retries=config.transfer.retries)
+        retries=config.transfer.retries, before_retry=_fenced_retry(ctx))
+
+
+def _fenced_retry(ctx: StepContext) -> Callable[[int], None]:
+    """Journal each restart of the transfer (``show`` reports it) as a fenced write: a
+    controller that lost the job (its lease expired, another one claimed it) gets
+    FencedOut here and restarts nothing on the hosts."""
+    def before_retry(attempt: int) -> None:
+        log.info("transfer attempt %d: confirming this controller still owns job %s",
+                 attempt, ctx.job_id)
+        ctx.info(transfer_attempt=attempt)
+    return before_retry
 
 
 def serve(ctx: StepContext) -> dict[str, Any]:
