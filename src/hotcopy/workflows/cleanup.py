@@ -17,6 +17,8 @@ an old datadir the configuration or the job asked to keep. ``dry_run`` only read
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -107,7 +109,14 @@ def find(runtime: Runtime, journal: Journal) -> list[Leftover]:
 
 def _remove(runtime: Runtime, journal: Journal, item: Leftover) -> None:
     if item.kind == "undo":
+        # Every undo action a clone step may push (snapshot backends, transfer methods,
+        # the steps' own) is registered by importing the workflow, as rollback does.
+        import hotcopy.workflows.clone  # noqa: F401
+
         assert item.seq is not None
+        # Recording the outcome is a fenced write like every other: the job must be ours
+        # first (a committed job's controller may still be alive: then OwnerAlive says so).
+        journal.claim_job(item.job, socket.gethostname(), os.getpid())
         entry = next(e for e in journal.undo_entries(item.job) if e.seq == item.seq)
         lookup(entry.action).fn(runtime, dict(entry.params))
         journal.set_undo_state(item.job, entry.seq, EntryState.DONE,
