@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -125,3 +126,14 @@ def mark_local(server: Server, marker: str) -> None:
 def has_schema(server: Server, name: str) -> bool:
     return bool(server.scalar(("SELECT COUNT(*) FROM information_schema.SCHEMATA "
                                "WHERE SCHEMA_NAME = %s", (name,))))
+
+
+def stop_agent(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a `hotcopy agent run` (it finishes or hands back what it runs), bounded."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+        raise

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from hotcopy.saga import Job, SqliteJournal
 from hotcopy.sandbox import SandboxInfo
 
 from .conftest import control, own_sandbox
-from .helpers import hotcopy, runtime, wait_for, wait_replicating
+from .helpers import hotcopy, runtime, stop_agent, wait_for, wait_replicating
 
 GRACE_S = 2
 
@@ -144,13 +143,7 @@ def agent(shard: Shard, *extra: str, env: dict[str, str] | None = None) -> Itera
         assert proc.poll() is None, log.read_text()
         yield log
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-            raise
+        stop_agent(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]
 
 

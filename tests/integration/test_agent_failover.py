@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -30,7 +29,7 @@ from hotcopy.sandbox import SandboxInfo
 from hotcopy.workflows import topology
 
 from .conftest import control, own_sandbox
-from .helpers import hotcopy, runtime, wait_for, wait_replicating
+from .helpers import hotcopy, runtime, stop_agent, wait_for, wait_replicating
 
 AFTER_S = 2.0
 #: "Well beyond failover_after_s": the agent must have seen the master down this long.
@@ -129,13 +128,7 @@ def agent(shard: Shard, config: Path) -> Iterator[Path]:
         assert proc.poll() is None, log.read_text()[-3000:]
         yield log
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-            raise
+        stop_agent(proc)
     assert proc.returncode == 0, log.read_text()[-3000:]
 
 
