@@ -32,17 +32,14 @@ from .test_zfs import _zfs_missing, zfs_leftovers
 pytestmark = needs(_zfs_missing())
 
 STEP_NAMES = [step.name for step in STEPS]
-# ZFS state exists from the snapshot to the commit: the boundaries before it are the
-# MySQL-only states test_faults.py covers on btrfs, and each distinct state counts once
-# (kill-before:Y is kill-after:X; see fault_points.py).
-ALL_POINTS = kill_points(STEP_NAMES)
-BOUNDARIES = ALL_POINTS[ALL_POINTS.index(("after", "snapshot")):
-                        ALL_POINTS.index(("after", "commit")) + 1]
+#: Every distinct crash state once (kill-before:Y is kill-after:X; see fault_points.py).
+BOUNDARIES = kill_points(STEP_NAMES)
 RESUMED = [("after", "snapshot"), ("after", "serve"), ("after", "swap_datadir"),
            ("after", "verify")]
 # The snapshot is dropped after the swap, while the target starts: its undo is owed from
 # the snapshot until start_target has waited for the drop (as in test_faults.py).
-SNAPSHOT_HELD = set(BOUNDARIES[:BOUNDARIES.index(("after", "drop_snapshot")) + 1])
+SNAPSHOT_HELD = set(BOUNDARIES[BOUNDARIES.index(("after", "snapshot")):
+                               BOUNDARIES.index(("after", "drop_snapshot")) + 1])
 
 
 @pytest.fixture(scope="module")
