@@ -51,15 +51,15 @@ MARKER = "hotcopy_fault_marker"
 STEP_NAMES = [step.name for step in STEPS]
 #: Each distinct crash state once (kill-before:Y is kill-after:X; see fault_points.py).
 BOUNDARIES = kill_points(STEP_NAMES)
-# Where the snapshot's undo is owed and the job can still be resumed with it: the
-# drop runs in the background from drop_snapshot on, and its undo entries are only
-# marked done once start_target has waited for it.
-SNAPSHOT_HELD = BOUNDARIES[BOUNDARIES.index(("after", "snapshot")):
+# Where the snapshot's undo is owed: journaled by lock_source before the lock is waited
+# for (a no-op until the snapshot exists), and, as the drop runs in the background from
+# drop_snapshot on, marked done only once start_target has waited for it.
+SNAPSHOT_OWED = BOUNDARIES[BOUNDARIES.index(("after", "lock_source")):
                            BOUNDARIES.index(("after", "drop_snapshot")) + 1]
 # Resume elsewhere too: the source's quiesce group redone with a dead lock session, and
 # the target side after the snapshot is gone (stopped, swapped, started, re-pointed).
 RESUMABLE = list(dict.fromkeys([
-    ("after", "lock_source"), *SNAPSHOT_HELD,
+    *SNAPSHOT_OWED,
     ("after", "swap_datadir"), ("after", "start_target"), ("after", "change_master"),
     ("after", "verify")]))
 
@@ -318,7 +318,7 @@ def test_sigkill_then_resume_finishes_the_clone(clean: Shard, boundary: tuple[st
     job_id = killed_clone(clean, f"kill-{when}:{step}")
     owes_snapshot = any(u["action"] == "snapshot.btrfs.destroy"
                         for u in clean.report(job_id)["outstanding_undo"])
-    assert owes_snapshot == (boundary in SNAPSHOT_HELD)
+    assert owes_snapshot == (boundary in SNAPSHOT_OWED)
     resumed, report = run_json("resume", "--config", str(clean.info.config_path), job_id,
                                "--json")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -208,9 +208,14 @@ class SnapshotInUse:
 
 
 def _snapshot_of(shard: Shard, job_id: str) -> str:
-    snapshot = shard.report(job_id)["snapshot"]
-    assert snapshot, "the snapshot step did not run"
-    return str(snapshot["snapshot"])
+    """From the snapshot's undo entry: a kill inside the source's pause loses the step
+    records held in memory there (StepContext.hold_records), never an undo entry."""
+    owed = [e for e in shard.journal().undo_entries(job_id)
+            if e.action == "snapshot.btrfs.destroy" and e.outstanding]
+    assert len(owed) == 1, "the snapshot's undo was not journaled"
+    snapshot = str(owed[0].params["snapshot"])
+    assert Path(snapshot).is_dir(), f"the snapshot {snapshot} was not taken"
+    return snapshot
 
 
 def _assert_only_snapshot_owed(shard: Shard, job_id: str, output: str, snapshot: str) -> None:

@@ -36,9 +36,9 @@ STEP_NAMES = [step.name for step in STEPS]
 BOUNDARIES = kill_points(STEP_NAMES)
 RESUMED = [("after", "snapshot"), ("after", "serve"), ("after", "swap_datadir"),
            ("after", "verify")]
-# The snapshot is dropped after the swap, while the target starts: its undo is owed from
-# the snapshot until start_target has waited for the drop (as in test_faults.py).
-SNAPSHOT_HELD = set(BOUNDARIES[BOUNDARIES.index(("after", "snapshot")):
+# The snapshot's undo is owed from lock_source (journaled before the lock is waited for)
+# until start_target has waited for the background drop (as in test_faults.py).
+SNAPSHOT_OWED = set(BOUNDARIES[BOUNDARIES.index(("after", "lock_source")):
                                BOUNDARIES.index(("after", "drop_snapshot")) + 1])
 
 
@@ -76,7 +76,7 @@ def test_zfs_sigkill_then_resume_finishes(clean: Shard, boundary: tuple[str, str
     job_id = killed_clone(clean, f"kill-{when}:{step}")
     owes_snapshot = any(u["action"] == "snapshot.zfs.destroy"
                         for u in clean.report(job_id)["outstanding_undo"])
-    assert owes_snapshot == (boundary in SNAPSHOT_HELD)
+    assert owes_snapshot == (boundary in SNAPSHOT_OWED)
     resumed, report = run_json("resume", "--config", str(clean.info.config_path), job_id,
                                "--json")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

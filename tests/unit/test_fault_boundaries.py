@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from hotcopy.errors import StepFailed
 from hotcopy.progress import NullReporter
 from hotcopy.saga import SqliteJournal, Transaction, undo_action
 from hotcopy.workflows.clone import STEPS
@@ -83,3 +86,51 @@ def test_the_kill_points_are_every_distinct_crash_state_of_the_clone() -> None:
     points = kill_points(names)
     assert points[0] == ("before", names[0])
     assert points[1:] == [("after", name) for name in names]
+
+
+def test_records_held_in_a_lock_window_are_written_after_it_and_before_a_failure(
+    tmp_path: Path,
+) -> None:
+    """What the source's lock window relies on: held step records reach the journal when
+    the window's last step lets go of them, and before the record of a step that failed
+    while they were held (a rollback must find the journal complete)."""
+    with SqliteJournal(tmp_path / "journal.db") as journal:
+        def lock(ctx: StepContext) -> dict[str, Any]:
+            ctx.push("test_fault_boundaries.noop", {"step": ctx.step})
+            ctx.hold_records()
+            ctx.info(locked=True)
+            return {"locked": True}
+
+        def under_lock(ctx: StepContext) -> dict[str, Any]:
+            assert [r.name for r in journal.steps(ctx.job_id)] == ["lock"]
+            assert "locked" not in journal.get_job(ctx.job_id).info
+            return {"position": 42}
+
+        def release(ctx: StepContext) -> dict[str, Any]:
+            ctx.write_held_records()
+            return {}
+
+        def failing(ctx: StepContext) -> dict[str, Any]:
+            raise RuntimeError("the snapshot failed")
+
+        good = journal.create_job("clone", {})
+        run_steps([Step("lock", "", lock), Step("record", "", under_lock),
+                   Step("release", "", release)], _context(journal, good.id))
+        assert [(r.name, r.outcome) for r in journal.steps(good.id)] == [
+            ("lock", "done"), ("record", "done"), ("release", "done")]
+        assert {r.name: r.outputs for r in journal.steps(good.id)}["record"] == {"position": 42}
+        assert journal.get_job(good.id).info["locked"] is True
+
+        bad = journal.create_job("clone", {})
+        ctx = _context(journal, bad.id)
+        with pytest.raises(StepFailed, match="the snapshot failed"):
+            run_steps([Step("lock", "", lock), Step("record", "", under_lock),
+                       Step("snapshot", "", failing)], ctx)
+        assert [(r.name, r.outcome) for r in journal.steps(bad.id)] == [
+            ("lock", "done"), ("record", "done"), ("snapshot", "failed")]
+        assert ctx.held_records is None
+
+
+def _context(journal: SqliteJournal, job_id: str) -> StepContext:
+    return StepContext(job_id, {}, None, journal, Transaction(journal, job_id, None),  # type: ignore[arg-type]
+                       NullReporter(), Faults([]))

@@ -88,6 +88,9 @@ class EtcdRecords(EtcdStore):
 
         return self._retry(job_id, attempt)
 
+    def ensure_may_act(self, job_id: str, what: str) -> None:
+        self._refuse_if_lease_lapsing(job_id, what)
+
     def claim_undo(self, job_id: str, seq: int) -> UndoEntry:
         epoch = self._owned[job_id].epoch if job_id in self._owned else 0
 

@@ -313,6 +313,15 @@ class Journal(Protocol):
         entry is not outstanding (someone ran or dropped it)."""
         ...
 
+    def ensure_may_act(self, job_id: str, what: str) -> None:
+        """Raise JournalUnavailable unless this instance may still make a change it
+        journaled a while ago (``what`` names it in the message).
+
+        ``append_undo`` checks this itself; a step calls it when time passes between
+        journaling an undo and making its change (the snapshot's undo is journaled before
+        the source's lock is waited for)."""
+        ...
+
     def locks(self) -> list[LockInfo]: ...
 
     def append_undo(

@@ -341,6 +341,10 @@ class SqliteJournal:
                        (epoch, job_id, seq))
         return entry
 
+    def ensure_may_act(self, job_id: str, what: str) -> None:
+        """Nothing to check: a SQLite job is taken over only once its owner's pid is gone
+        (claim_job), and a controller calling this is that pid, alive."""
+
     def locks(self) -> list[LockInfo]:
         rows = self._read(
             "SELECT l.resource, l.job_id, l.acquired, j.state, j.owner_host, j.owner_pid"

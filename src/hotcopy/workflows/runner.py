@@ -37,6 +37,30 @@ class StepContext:
     state: dict[str, Any] = field(default_factory=dict)
     live: dict[str, Any] = field(default_factory=dict)
     step: str = ""
+    held_records: list[Callable[[], None]] | None = None
+
+    def hold_records(self) -> None:
+        """Keep step records and job info in memory until :meth:`write_held_records`.
+
+        For the source's lock window: with a quorum journal (etcd) each record is a
+        network round trip that would lengthen the write lock. Only bookkeeping is held;
+        undo entries are never held (``push`` always writes through), and a crash that
+        loses held records leaves the journal as it was when holding began, a state
+        resume and rollback already handle (the whole step group is redone or undone).
+        """
+        if self.held_records is None:
+            self.held_records = []
+
+    def write_held_records(self) -> None:
+        held, self.held_records = self.held_records or [], None
+        for write in held:
+            write()
+
+    def record(self, write: Callable[[], None]) -> None:
+        if self.held_records is None:
+            write()
+        else:
+            self.held_records.append(write)
 
     def push(self, action: str, params: dict[str, Any]) -> int:
         """Journal the undo of the change this step is about to make."""
@@ -48,7 +72,7 @@ class StepContext:
                 if (steps is None or e.step in steps) and (action is None or e.action == action)]
 
     def info(self, **items: Any) -> None:
-        self.journal.update_job_info(self.job_id, **items)
+        self.record(lambda: self.journal.update_job_info(self.job_id, **items))
 
 
 @dataclass(frozen=True)
@@ -70,8 +94,11 @@ def run_steps(steps: list[Step], ctx: StepContext, *, resume: bool = False) -> N
         start = _resume_point(steps, done, ctx)
     for step in steps[:start]:
         ctx.state.update(done[step.name].outputs)
-    for step in steps[start:]:
-        _run_one(step, ctx)
+    try:
+        for step in steps[start:]:
+            _run_one(step, ctx)
+    finally:
+        ctx.write_held_records()  # a step that held them failed before writing them
 
 
 def _resume_point(steps: list[Step], done: dict[str, Any], ctx: StepContext) -> int:
@@ -90,18 +117,20 @@ def _resume_point(steps: list[Step], done: dict[str, Any], ctx: StepContext) -> 
 def _run_one(step: Step, ctx: StepContext) -> None:
     ctx.step = step.name
     ctx.faults.at("before", step.name)
-    ctx.journal.step_started(ctx.job_id, step.name)
+    ctx.record(lambda: ctx.journal.step_started(ctx.job_id, step.name))
     ctx.reporter.step_started(step.name, step.title)
     started = time.monotonic()
     try:
         outputs = step.run(ctx) or {}
     except BaseException as exc:
+        ctx.write_held_records()
         ctx.journal.step_finished(ctx.job_id, step.name, "failed", error=str(exc))
         ctx.reporter.step_finished(step.name, "failed", time.monotonic() - started, str(exc))
         if isinstance(exc, HotcopyError | KeyboardInterrupt | SystemExit):
             raise
         raise StepFailed(step.name, exc) from exc
-    ctx.journal.step_finished(ctx.job_id, step.name, "done", outputs=outputs)
+    ctx.record(lambda: ctx.journal.step_finished(ctx.job_id, step.name, "done",
+                                                  outputs=outputs))
     ctx.state.update(outputs)
     detail = outputs.get("_detail", "") if isinstance(outputs.get("_detail"), str) else ""
     ctx.reporter.step_finished(step.name, "done", time.monotonic() - started, detail)

@@ -23,6 +23,10 @@ QUIESCE_STEPS = {"preflush", "stop_sql_thread", "lock_source"}
 def stop_sql_thread(ctx: StepContext) -> dict[str, Any]:
     server = ctx.runtime.server(ctx.params["source"])
     ctx.push("mysql.start_sql_thread", {"server": server.name})
+    # From here until release_source restarts the SQL thread, step records and job info
+    # wait in memory (StepContext.hold_records): with a quorum journal each would be a
+    # network round trip inside the source's replication pause and write lock.
+    ctx.hold_records()
     stopped_at = time.time()
     server.execute(server.flavor.stop_sql_thread())
     return {"sql_thread_stopped_at": stopped_at}
@@ -41,6 +45,11 @@ def lock_source(ctx: StepContext) -> dict[str, Any]:
     session.execute(sql, args)
     datadir = ctx.runtime.config.server(server.name).datadir
     ctx.runtime.executor(server.name).run(["sync", "-f", datadir], timeout=600)
+    # The snapshot's undo is journaled now, not under the lock: with a quorum journal
+    # that write is a network round trip the source's writers would wait for. Until the
+    # snapshot exists, destroying it is a no-op (every backend's destroy is idempotent).
+    plan = SnapshotPlan.from_dict(ctx.state["snapshot_plan"])
+    ctx.tx.push(f"snapshot.{plan.backend}.destroy", plan.as_dict(), step="snapshot")
     try:
         held = locks.acquire(
             session, server.flavor, lock_wait_timeout_s=config.lock_wait_timeout_s,
@@ -83,7 +92,9 @@ def snapshot(ctx: StepContext) -> dict[str, Any]:
     executor = ctx.runtime.executor(source)
     plan = SnapshotPlan.from_dict(ctx.state["snapshot_plan"])
     backend = load_backend(plan.backend, ctx.runtime.config.server(source))
-    ctx.push(f"snapshot.{plan.backend}.destroy", plan.as_dict())
+    # Its undo was journaled by lock_source, before the lock was waited for (seconds,
+    # at worst): make sure this controller still owns the job before acting on it.
+    ctx.journal.ensure_may_act(ctx.job_id, "taking the snapshot")
     # Only the instant part happens under the lock; exposing it (a ZFS clone or an LVM
     # snapshot mount can take a second on a busy host) waits for release_source.
     backend.create_snapshot(executor, plan)
@@ -95,10 +106,16 @@ def release_source(ctx: StepContext) -> dict[str, Any]:
     server = ctx.runtime.server(ctx.params["source"])
     lock_ms: float | None = None
     held: locks.HeldLock | None = ctx.live.pop("lock", None)
-    for entry in reversed(ctx.outstanding(steps=QUIESCE_STEPS)):
+    if held is not None:  # first, before any journal round trip
+        lock_ms = held.release()
+        held.conn.close()
+    outstanding = list(reversed(ctx.outstanding(steps=QUIESCE_STEPS)))
+    if held is not None:
+        # Our lock is gone: the SQL thread next, then the rest newest first (stable sort).
+        # Resumed after a crash, the lock's session is killed first, as it may linger.
+        outstanding.sort(key=lambda e: e.action != "mysql.start_sql_thread")
+    for entry in outstanding:
         if entry.action == "mysql.release_lock_session" and held is not None:
-            lock_ms = held.release()
-            held.conn.close()
             ctx.tx.remove(entry.seq)
         else:
             ctx.tx.exec_remove(entry.seq)
@@ -106,6 +123,7 @@ def release_source(ctx: StepContext) -> dict[str, Any]:
             stopped_at = ctx.state.get("sql_thread_stopped_at")
             if stopped_at is not None:
                 ctx.state["source_replication_paused_ms"] = (time.time() - stopped_at) * 1000
+    ctx.write_held_records()
     paused_ms = ctx.state.get("source_replication_paused_ms")
     ctx.info(source_lock_ms=lock_ms, source_replication_paused_ms=paused_ms)
     status = replication.single_channel(server)
