@@ -78,6 +78,9 @@ class LocalExecutor:
     def exists(self, path: str) -> bool:
         return os.path.lexists(path)
 
+    def check_sudo(self) -> None:
+        """Local commands run as hotcopy's own user, without sudo: nothing to check."""
+
 
 def stream_process(
     host: str,

@@ -31,4 +31,5 @@ def missing_tools(executor: Executor, tools: Sequence[str]) -> list[str]:
     """The tools not on the host's PATH, in one round trip (ssh costs ~0.1 s each)."""
     if not tools:
         return []
-    return executor.run(argv("missing_tools.sh", *tools), check=False, timeout=60).stdout.split()
+    # The script itself always succeeds: a failure is the host's (ssh, sudo), not a tool.
+    return executor.run(argv("missing_tools.sh", *tools), timeout=60).stdout.split()

@@ -15,7 +15,7 @@ from typing import Any
 from hotcopy import remote
 from hotcopy.errors import HotcopyError, MySQLError, RefusedError
 from hotcopy.hosts import Executor
-from hotcopy.hosts.ssh import SshExecutor, SudoRefused
+from hotcopy.hosts.ssh import SudoRefused
 from hotcopy.mysql import backup_tool, replication
 from hotcopy.mysql.flavor import ReplicaStatus
 from hotcopy.mysql.mysqld import read_layout
@@ -297,11 +297,10 @@ def _check_stopped_target_version(report: Preflight, version: str | None, target
 
 def _check_sudo(report: Preflight, executor: Executor, role: str) -> None:
     """A sudo host (servers.NAME.sudo) whose sudoers lacks the rule: refused with the line."""
-    if isinstance(executor, SshExecutor):
-        try:
-            executor.check_sudo()
-        except SudoRefused as exc:
-            report.error(f"{role}.sudo", exc.message, exc.hint)
+    try:
+        executor.check_sudo()
+    except SudoRefused as exc:
+        report.error(f"{role}.sudo", exc.message, exc.hint)
 
 
 def _check_tools(report: Preflight, executor: Executor, role: str, tools: list[str]) -> None:
