@@ -9,15 +9,19 @@ before the retry: the retry must then raise FencedOut and start nothing.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from hotcopy.errors import CommandError
 from hotcopy.hosts import LocalExecutor
 from hotcopy.progress import NullReporter
 from hotcopy.saga import FencedOut, Journal, Transaction
-from hotcopy.transfer.base import TransferRequest
+from hotcopy.transfer.base import TransferRequest, marker
 from hotcopy.transfer.rsyncd import run_clients
 from hotcopy.workflows.faults import Faults
 from hotcopy.workflows.runner import StepContext
@@ -75,3 +79,37 @@ def test_a_deposed_controller_restarts_nothing(journal_store: JournalStore,
                     lambda *_: None, stall_timeout_s=60, retryable={10})
     assert not retried.exists(), "the deposed controller started the client again"
     assert "transfer_attempt" not in second.get_job(job.id).info
+
+
+def marked_sleeper(job_id: str) -> subprocess.Popen[bytes]:
+    """A process of the job's transfer as the new owner's resume would start it: the
+    same marker in its environment, so a kill by marker would find it."""
+    return subprocess.Popen(["sh", "-c", "sleep 60"], env={**os.environ, **dict(
+        [marker(job_id).split("=", 1)])})
+
+
+@pytest.mark.parametrize("deposed", [False, True], ids=["owner", "deposed"])
+def test_after_a_failed_stream_only_the_owner_stops_the_jobs_processes(
+    journal_store: JournalStore, tmp_path: Path, deposed: bool,
+) -> None:
+    """One stream fails for good: the owner stops the job's other processes (its own
+    streams) at once; a deposed controller stops none, as they may be the new owner's."""
+    first = journal_store.open()
+    job = first.create_job("clone", {"source": "src", "target": "dst"})
+    if deposed:
+        journal_store.crash(first)
+        journal_store.open().claim_job(job.id, "ctl2", 4321)
+    other = marked_sleeper(job.id)
+    try:
+        request = replace(request_with(job.id, lambda attempt: None),
+                          may_act=context(first, job.id).may_act)
+        with pytest.raises(CommandError):
+            run_clients(LocalExecutor(), request, [["sh", "-c", "exit 1"]], lambda *_: None,
+                        stall_timeout_s=60, retryable={10})
+        if deposed:
+            assert other.poll() is None, "a deposed controller killed the job's processes"
+        else:
+            assert other.wait(timeout=30) is not None, "the owner left the job's process"
+    finally:
+        other.kill()
+        other.wait(timeout=30)

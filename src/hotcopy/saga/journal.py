@@ -314,8 +314,10 @@ class Journal(Protocol):
         ...
 
     def ensure_may_act(self, job_id: str, what: str) -> None:
-        """Raise JournalUnavailable unless this instance may still make a change it
-        journaled a while ago (``what`` names it in the message).
+        """Raise FencedOut or JournalUnavailable unless this instance may still make a
+        change it journaled a while ago (``what`` names it in the message): for etcd, its
+        lease is valid by its own clock for a margin (no round trip); for SQLite, no other
+        process claimed the job.
 
         ``append_undo`` checks this itself; a step calls it when time passes between
         journaling an undo and making its change (the snapshot's undo is journaled before

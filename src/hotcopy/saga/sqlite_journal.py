@@ -342,8 +342,10 @@ class SqliteJournal:
         return entry
 
     def ensure_may_act(self, job_id: str, what: str) -> None:
-        """Nothing to check: a SQLite job is taken over only once its owner's pid is gone
-        (claim_job), and a controller calling this is that pid, alive."""
+        """FencedOut if another process claimed the job (its epoch, as every write
+        checks it); a local read of the file, no fsync: cheap enough under the lock."""
+        with self._owned_tx(job_id):
+            pass
 
     def locks(self) -> list[LockInfo]:
         rows = self._read(

@@ -103,9 +103,15 @@ class TransferRequest:
     #: copy was failing stops there instead of restarting processes on the hosts.
     before_retry: Callable[[int], None] = field(default=lambda attempt: None, repr=False,
                                                 compare=False)
+    #: Asked before the transfer stops its own processes on a host (a stalled stream, the
+    #: other streams after a failure): False once this controller was deposed. See
+    #: unless_deposed.
+    may_act: Callable[[str], bool] = field(default=lambda what: True, repr=False,
+                                           compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if key != "before_retry"}
+        return {key: value for key, value in asdict(self).items()
+                if key not in ("before_retry", "may_act")}
 
 
 @dataclass
@@ -348,6 +354,25 @@ def run_parallel(tasks: Sequence[Callable[[threading.Event], T]],
         raise
     pool.shutdown(wait=True)
     return results
+
+
+def unless_deposed(request: TransferRequest, what: str,
+                   action: Callable[[], None]) -> Callable[[], None]:
+    """``action`` (stopping this job's processes on a host), done only while this
+    controller still owns the job.
+
+    Processes are found by the job's marker, and a new owner's resume starts its own
+    streams with the same marker: a deposed controller killing "its" stream would stop
+    the new owner's. Its own processes need no help from it either: the new owner's
+    resume or rollback stops every process of the job before it acts.
+    """
+    def guarded() -> None:
+        if request.may_act(what):
+            action()
+        else:
+            log.warning("job %s: not %s: this controller no longer owns the job",
+                        request.job_id, what)
+    return guarded
 
 
 def kill_marked(executor: Executor, job_id: str) -> None:

@@ -48,6 +48,7 @@ from hotcopy.transfer.base import (
     shippable,
     split_balanced,
     stream_marker,
+    unless_deposed,
 )
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,9 @@ def run_clients(executor: Executor, request: TransferRequest, commands: Sequence
             watcher = threading.Thread(
                 target=_watch_for_stall, name=f"stall-watch-{index}", daemon=True,
                 args=(finished, stalled, last_activity, stall_timeout_s,
-                      functools.partial(kill_stream, executor, request.job_id, index)))
+                      unless_deposed(request, f"stopping stalled stream {index}",
+                                     functools.partial(kill_stream, executor, request.job_id,
+                                                       index))))
             watcher.start()
             try:
                 result = executor.stream(["env", marker(request.job_id),
@@ -194,7 +197,8 @@ def run_clients(executor: Executor, request: TransferRequest, commands: Sequence
         raise AssertionError("unreachable")
 
     results = run_parallel([functools.partial(client, i, argv) for i, argv in enumerate(commands)],
-                           abort=lambda: kill_marked(executor, request.job_id))
+                           abort=unless_deposed(request, "stopping the other streams",
+                                                lambda: kill_marked(executor, request.job_id)))
     totals: Counter[str] = Counter()
     for stats, _ in results:
         totals.update(stats)

@@ -53,6 +53,7 @@ from hotcopy.transfer.base import (
     run_parallel,
     shippable,
     split_balanced,
+    unless_deposed,
 )
 from hotcopy.transfer.rsyncd import private_directory
 
@@ -263,9 +264,12 @@ class StreamMethod:
             meter.update(index, sent)
             return sent
 
+        stop_others = unless_deposed(
+            request, "stopping the other streams",
+            lambda: stop_stream(runtime, {"server": handle.server, **handle.params},
+                                keep_files=True))
         return run_parallel([functools.partial(send, i) for i in range(len(groups))],
-                            abort=lambda: stop_stream(runtime, {"server": handle.server,
-                                                                **handle.params}, keep_files=True))
+                            abort=stop_others)
 
     def stop(self, runtime: Runtime, handle: ServerHandle) -> None:
         stop_stream(runtime, {"server": handle.server, **handle.params})

@@ -239,8 +239,12 @@ def _send(ctx: StepContext, src: Executor, tgt: Executor, stream: Mapping[str, A
                            "the backup stream, and it is not installed")
     connect = connect_address(ctx.runtime.config.server(ctx.params["target"]).host,
                               stream["peer"], stream["port"], config.connect_timeout_s)
-    guard = SpaceGuard(tgt, ctx.state["staging"], space_reserve(ctx),
-                       lambda: kill_marked(tgt, ctx.job_id),
+
+    def stop_stream() -> None:  # not once deposed: see transfer.base.unless_deposed
+        if ctx.may_act("stopping a backup stream that fills the target"):
+            kill_marked(tgt, ctx.job_id)
+
+    guard = SpaceGuard(tgt, ctx.state["staging"], space_reserve(ctx), stop_stream,
                        lambda: None if not expected else max(0, expected - output.bytes))
     try:
         with guard:

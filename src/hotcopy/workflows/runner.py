@@ -17,7 +17,7 @@ from typing import Any
 from hotcopy.errors import HotcopyError, StepFailed
 from hotcopy.progress import Reporter
 from hotcopy.runtime import Runtime
-from hotcopy.saga import Journal, Transaction, UndoEntry
+from hotcopy.saga import FencedOut, Journal, JournalUnavailable, Transaction, UndoEntry
 from hotcopy.workflows.faults import Faults
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,21 @@ class StepContext:
                     action: str | None = None) -> list[UndoEntry]:
         return [e for e in self.tx.pending()
                 if (steps is None or e.step in steps) and (action is None or e.action == action)]
+
+    def may_act(self, what: str) -> bool:
+        """False once this controller may no longer act for the job (its etcd lease has
+        lapsed by its own clock, or another controller took the job over).
+
+        For what stops the job's own processes on a host from a watchdog or after a
+        failure (transfer.base.unless_deposed says why a deposed controller must not):
+        asked without a journal round trip, as etcd may be out of reach just then.
+        """
+        try:
+            self.journal.ensure_may_act(self.job_id, what)
+        except (JournalUnavailable, FencedOut) as exc:
+            log.warning("%s", exc.message)
+            return False
+        return True
 
     def info(self, **items: Any) -> None:
         self.record(lambda: self.journal.update_job_info(self.job_id, **items))

@@ -28,6 +28,7 @@ from hotcopy.transfer.base import (
     is_excluded,
     kill_marked,
     method_for,
+    unless_deposed,
 )
 from hotcopy.workflows.report import ProgressRecorder
 from hotcopy.workflows.runner import StepContext
@@ -62,7 +63,8 @@ def _request(ctx: StepContext) -> TransferRequest:
         source_path=plan.exposed_datadir, destination=ctx.state["staging"],
         excludes=list(ctx.state["excludes"]), expected_bytes=ctx.state.get("ship_bytes"),
         bwlimit_kbps=config.transfer.bwlimit_kbps, timeout_s=config.transfer.timeout_s,
-        retries=config.transfer.retries, before_retry=_fenced_retry(ctx))
+        retries=config.transfer.retries, before_retry=_fenced_retry(ctx),
+        may_act=ctx.may_act)
 
 
 def _fenced_retry(ctx: StepContext) -> Callable[[int], None]:
@@ -206,14 +208,16 @@ def pull(ctx: StepContext) -> dict[str, Any]:
             reason = snapshot_health(ctx.runtime.executor(source), plan)
             if reason:
                 overflow.append(reason)
-                kill_marked(executor, ctx.job_id)
+                unless_deposed(request, "stopping the copy of an overflowing snapshot",
+                               lambda: kill_marked(executor, ctx.job_id))()
                 # Raised through the transfer's progress callback: not a stream failure
                 # its retry loop would catch; a second read of that snapshot is no better.
                 raise SnapshotUnusable(f"the snapshot on {source} is about to overflow: "
                                        f"{reason}", hint=_OVERFLOW_HINT)
 
     guard = SpaceGuard(executor, request.destination, space_reserve(ctx),
-                       lambda: kill_marked(executor, ctx.job_id), remaining)
+                       unless_deposed(request, "stopping a copy that fills the target",
+                                      lambda: kill_marked(executor, ctx.job_id)), remaining)
     try:
         with guard:
             result = method.pull(ctx.runtime, request, handle, on_progress)
