@@ -147,6 +147,27 @@ def create_host(netns: str, veth: str, bridge: str, host_address: str) -> None:
     _ip("link", "set", veth, "up")
 
 
+def add_interface(netns: str, veth: str, bridge: str, host_address: str,
+                  interface: str) -> None:
+    """One more link of an existing host, to another bridge (another network).
+
+    A host with two links can lose one while the other carries on: a controller whose
+    path to etcd is cut (``set_link`` on this veth) while its ssh and SQL to the shard's
+    hosts still work is the partition the etcd fencing is there for.
+    """
+    _ip("link", "add", veth, "type", "veth", "peer", "name", interface, "netns", netns)
+    _ip("-n", netns, "addr", "add", f"{host_address}/24", "dev", interface)
+    _ip("-n", netns, "link", "set", interface, "up")
+    _ip("link", "set", veth, "master", bridge)
+    _ip("link", "set", veth, "up")
+
+
+def remove_interface(veth: str) -> None:
+    """Idempotent: a bridge-side veth made by ``add_interface`` (its peer goes with it)."""
+    if Path("/sys/class/net", veth).exists():
+        _ip("link", "del", veth)
+
+
 def set_link(veth: str, up: bool) -> None:
     """Cut (or restore) a host's network by its bridge-side veth."""
     _ip("link", "set", veth, "up" if up else "down")
