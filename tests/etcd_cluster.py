@@ -6,9 +6,7 @@ the etcd binary, tests skip, unless CI=true (or HOTCOPY_REQUIRE_ALL=1), where th
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 
 from hotcopy.sandbox.etcd import EtcdCluster, Member, etcd_binary, free_ports
 
-__all__ = ["CuttableLink", "EtcdCluster", "Member", "free_ports", "require_etcd",
+__all__ = ["EtcdCluster", "Member", "free_ports", "require_etcd",
            "unique_prefix"]
 
 ETCD = etcd_binary()
@@ -60,71 +58,3 @@ def unique_prefix() -> str:
     return f"/t{os.getpid()}-{next(_counter)}"
 
 
-class CuttableLink:
-    """TCP proxies in front of etcd members: one controller's path to etcd that a test
-    can cut (new connections are accepted and then left unanswered, as when packets are
-    dropped) and restore, while everything else (the data path, other controllers)
-    stays up."""
-
-    def __init__(self, targets: list[str]) -> None:
-        import threading
-
-        self._threading = threading
-        self.cut = threading.Event()
-        self._held: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._listeners: list[socket.socket] = []
-        self.endpoints: list[str] = []
-        self._closing = threading.Event()
-        for url in targets:
-            port = int(url.rsplit(":", 1)[1])
-            listener = socket.socket()
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(64)
-            self._listeners.append(listener)
-            self.endpoints.append(f"http://127.0.0.1:{listener.getsockname()[1]}")
-            threading.Thread(target=self._accept, args=(listener, port), daemon=True).start()
-
-    def _accept(self, listener: socket.socket, port: int) -> None:
-        while not self._closing.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            if self.cut.is_set():
-                with self._lock:
-                    self._held.append(conn)
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", port), timeout=5)
-            except OSError:
-                conn.close()
-                continue
-            for a, b in ((conn, upstream), (upstream, conn)):
-                self._threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def restore(self) -> None:
-        self.cut.clear()
-        with self._lock:
-            held, self._held = self._held, []
-        for conn in held:
-            conn.close()
-
-    def close(self) -> None:
-        self._closing.set()
-        self.restore()
-        for listener in self._listeners:
-            listener.close()

@@ -34,7 +34,7 @@ from hotcopy.saga.etcd_client import EtcdClient
 from hotcopy.saga.etcd_journal import EtcdJournal
 from hotcopy.sandbox import SandboxInfo
 from hotcopy.workflows import clone
-from tests.etcd_cluster import CuttableLink, EtcdCluster, require_etcd, unique_prefix
+from tests.etcd_cluster import EtcdCluster, require_etcd, unique_prefix
 
 from .helpers import hotcopy, leftovers, runtime, sql_thread_running, wait_for, wait_replicating
 
@@ -280,41 +280,6 @@ def test_a_paused_controller_is_deposed_after_its_lease_and_then_touches_nothing
             if not e.outstanding] == undone
     assert leftovers(shard.info) == []  # it recreated nothing on any host
     assert_restored(shard)
-
-
-@pytest.mark.parametrize("action", ["rollback", "resume"])
-def test_a_controller_cut_off_from_etcd_is_deposed_and_its_late_writes_are_rejected(
-    shard: Shard, cluster: EtcdCluster, action: str,
-) -> None:
-    """Its link to etcd cut during the transfer (the data path still up): it makes no
-    further change, another controller rolls back (or resumes) after the TTL, and when
-    the link comes back its writes are rejected and it exits 3 without touching a host."""
-    link = CuttableLink(cluster.endpoints)
-    try:
-        cut_off = shard.variant("cut-off.toml", link.endpoints, retry_rounds=20)
-        clone = FrozenClone(shard, config=cut_off)
-        clone.wait_transfer()
-        link.cut.set()
-        expected = JobState.ROLLED_BACK if action == "rollback" else JobState.COMMITTED
-        results: list[subprocess.CompletedProcess[str]] = []
-        assert wait_for(lambda: results.append(
-            hotcopy(action, "--config", str(shard.config), clone.job_id, timeout=300))
-            or results[-1].returncode != 2, timeout=6 * TTL_S, interval=0.5)
-        assert results[-1].returncode == 0, results[-1].stderr[-3000:]
-        assert shard.job(clone.job_id).state is expected
-        assert clone.proc.poll() is None, "the cut-off controller should still be retrying"
-        assert_restored(shard)
-        assert leftovers(shard.info) == []  # nothing made by the cut-off one meanwhile
-
-        link.restore()
-        code, stderr = clone.finish()
-        assert code == 3, stderr[-3000:]
-        assert f"job {clone.job_id}: this controller no longer owns it" in stderr
-        assert shard.job(clone.job_id).state is expected
-        assert leftovers(shard.info) == []
-        assert_restored(shard)
-    finally:
-        link.close()
 
 
 class _Recorded:
