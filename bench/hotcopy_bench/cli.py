@@ -20,6 +20,7 @@ from types import FrameType
 
 from bench.hotcopy_bench import report, stats
 from bench.hotcopy_bench.runner import Harness, Options
+from bench.hotcopy_bench.shard import refuse_without_space
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     options = options_from(args)
     _preflight(options.journals)
+    refuse_without_space(max(options.sizes), options.workdir)
     options.workdir.mkdir(parents=True)
     options.workdir.chmod(0o755)  # mariadbd runs as mysql and must traverse it
     doc = Harness(options, REPO).run()

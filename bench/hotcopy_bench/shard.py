@@ -80,6 +80,27 @@ def image_size_for(largest: int) -> int:
     return max(4 * 1024**3, 3 * largest + 3 * 1024**3)
 
 
+def space_needed(largest: int) -> int:
+    """What the run may really write, sparse images or not: the master's data and
+    binlogs, the source's copy, and on the target at the peak of a clone its old datadir,
+    the staging copy and a mariabackup or raw-copy directory (about 5x the data), plus
+    redo, undo and relay logs."""
+    return 5 * largest + 3 * 1024**3
+
+
+def refuse_without_space(largest: int, directory: Path) -> None:
+    """Before anything is made: an 8 GB run that fills the disk half-way would leave a
+    machine with full filesystems and no figures."""
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    needed = space_needed(largest)
+    if free < needed:
+        raise SystemExit(f"not enough disk space for {largest / 1024**3:.1f} GiB of data: "
+                         f"the run needs about {needed / 1024**3:.0f} GiB free under "
+                         f"{existing}, and {free / 1024**3:.0f} GiB are (give --workdir "
+                         "another filesystem, or smaller --sizes)")
+
+
 class Shard:
     def __init__(self, directory: Path, logs: Path) -> None:
         self.directory = directory

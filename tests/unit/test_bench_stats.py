@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 from bench.hotcopy_bench import stats
-from bench.hotcopy_bench.shard import BYTES_PER_ROW, image_size_for, plan_step
+from bench.hotcopy_bench.shard import (
+    BYTES_PER_ROW,
+    image_size_for,
+    plan_step,
+    refuse_without_space,
+    space_needed,
+)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -101,3 +110,14 @@ def test_plan_step_covers_the_requested_bytes() -> None:
 def test_image_fits_three_copies_of_the_data() -> None:
     assert image_size_for(4 * 1024**3) >= 3 * 4 * 1024**3
     assert image_size_for(1024**2) == 4 * 1024**3
+
+
+def test_a_run_the_disk_cannot_hold_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    workdir = tmp_path / "work" / "run-1"  # not made yet: the check looks at its parent
+    free = shutil.disk_usage(tmp_path).free
+    refuse_without_space(1024**2, workdir)  # 1 MiB of data fits anywhere this runs
+    too_big = free  # five times the free space is needed for it
+    with pytest.raises(SystemExit, match=r"not enough disk space .* GiB free under "):
+        refuse_without_space(too_big, workdir)
+    assert not workdir.exists()
+    assert space_needed(8 * 1024**3) == 43 * 1024**3
