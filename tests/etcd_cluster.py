@@ -6,18 +6,32 @@ the etcd binary, tests skip, unless CI=true (or HOTCOPY_REQUIRE_ALL=1), where th
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hotcopy.sandbox.etcd import EtcdCluster, Member, etcd_binary, free_ports
 
-__all__ = ["EtcdCluster", "Member", "free_ports", "require_etcd",
+__all__ = ["EtcdCluster", "Member", "etcd_status", "free_ports", "require_etcd",
            "unique_prefix"]
 
 ETCD = etcd_binary()
+
+
+def etcd_status(url: str) -> dict[str, Any] | None:
+    """A member's /v3/maintenance/status answer, or None while it does not answer."""
+    request = urllib.request.Request(f"{url}/v3/maintenance/status", b"{}",
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return dict(json.loads(response.read()))
+    except (OSError, ValueError):
+        return None
 
 
 def require_etcd() -> str:

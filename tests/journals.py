@@ -8,9 +8,10 @@ may take its jobs over; for SQLite the dead process is simply never used again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,24 @@ from hotcopy.saga.etcd_journal import EtcdJournal
 from tests.etcd_cluster import EtcdCluster, unique_prefix
 
 BACKENDS = ["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)]
+
+
+class RecordingJournal:
+    """A real journal whose every method call is also reported, by name, to ``record``
+    (tests of what the runner writes when, not of what the journal does)."""
+
+    def __init__(self, journal: Journal, record: Callable[[str], None]) -> None:
+        self._journal, self._record = journal, record
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._journal, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._record(name)
+            return attribute(*args, **kwargs)
+        return call
 
 
 @dataclass

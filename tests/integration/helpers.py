@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +42,19 @@ def clone_json(info: SandboxInfo, source: str, target: str, *extra: str,
     except json.JSONDecodeError:
         document = {}
     return proc, document
+
+
+def with_etcd_journal(info: SandboxInfo, endpoints: list[str], prefix: str, *,
+                      lease_ttl_s: int, timeout_s: float = 2,
+                      retry_rounds: int | None = None) -> str:
+    """The sandbox's config text with its [journal] on etcd instead of the SQLite file."""
+    journal = (f'[journal]\nbackend = "etcd"\nendpoints = {json.dumps(endpoints)}\n'
+               f'prefix = "{prefix}"\nlease_ttl_s = {lease_ttl_s}\ntimeout_s = {timeout_s}\n')
+    if retry_rounds is not None:
+        journal += f"retry_rounds = {retry_rounds}\n"
+    text, n = re.subn(r"\[journal\]\npath = [^\n]*\n", journal, info.config_path.read_text())
+    assert n == 1, "the sandbox config has no [journal] path to replace"
+    return text
 
 
 def runtime(info: SandboxInfo) -> Runtime:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -32,7 +31,14 @@ from hotcopy.sandbox import SandboxInfo
 
 from ..etcd_cluster import EtcdCluster, require_etcd, unique_prefix
 from .conftest import own_sandbox
-from .helpers import hotcopy, leftovers, runtime, wait_for, wait_replicating
+from .helpers import (
+    hotcopy,
+    leftovers,
+    runtime,
+    wait_for,
+    wait_replicating,
+    with_etcd_journal,
+)
 
 pytestmark = pytest.mark.etcd
 
@@ -60,12 +66,7 @@ def shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shard]:
         cluster.start()
         with own_sandbox(seed_rows=40_000, replicas=3) as info:
             prefix = unique_prefix()
-            journal = (f'[journal]\nbackend = "etcd"\nendpoints = '
-                       f'{json.dumps(cluster.endpoints)}\nprefix = "{prefix}"\n'
-                       f"lease_ttl_s = {TTL_S}\ntimeout_s = 2\n")
-            text, n = re.subn(r"\[journal\]\npath = [^\n]*\n", journal,
-                              info.config_path.read_text())
-            assert n == 1
+            text = with_etcd_journal(info, cluster.endpoints, prefix, lease_ttl_s=TTL_S)
             text += ("\n[agent]\ninterval_s = 0.5\ngrace_s = 1\naudit_interval_s = 60\n"
                      f"lease_ttl_s = {TTL_S}\nmetrics_port = 0\n")
             config = info.directory / "agent-etcd.toml"

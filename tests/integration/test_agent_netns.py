@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +38,17 @@ from hotcopy.saga.etcd_journal import EtcdJournal
 from hotcopy.sandbox import SandboxInfo, netns
 from hotcopy.sandbox.sshd import netns_argv
 
-from ..etcd_cluster import require_etcd
+from ..etcd_cluster import etcd_status, require_etcd
 from ..real_parts import missing_tools, needs
 from .conftest import own_sandbox
-from .helpers import hotcopy, leftovers, runtime, wait_for, wait_replicating
+from .helpers import (
+    hotcopy,
+    leftovers,
+    runtime,
+    wait_for,
+    wait_replicating,
+    with_etcd_journal,
+)
 
 pytestmark = [pytest.mark.etcd,
               needs(missing_tools(("ip", "nsenter", "ssh", "ssh-keygen", "/usr/sbin/sshd"),
@@ -89,22 +94,9 @@ class Group:
                            prefix=self.prefix, lease_ttl_s=TTL_S)
 
 
-def _etcd_status(url: str) -> dict[str, Any] | None:
-    request = urllib.request.Request(f"{url}/v3/maintenance/status", b"{}",
-                                     {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return dict(json.loads(response.read()))
-    except OSError:
-        return None
-
-
 def _agent_config(info: SandboxInfo, name: str, endpoints: list[str], prefix: str) -> Path:
     """The sandbox's config with the etcd journal and a fast, bounded agent."""
-    journal = (f'[journal]\nbackend = "etcd"\nendpoints = {json.dumps(endpoints)}\n'
-               f'prefix = "{prefix}"\nlease_ttl_s = {TTL_S}\ntimeout_s = 2\n')
-    text, n = re.subn(r"\[journal\]\npath = [^\n]*\n", journal, info.config_path.read_text())
-    assert n == 1
+    text = with_etcd_journal(info, endpoints, prefix, lease_ttl_s=TTL_S)
     text += ("\n[agent]\ninterval_s = 0.5\ngrace_s = 1\naudit_interval_s = 60\n"
              f"lease_ttl_s = {TTL_S}\nmetrics_port = 0\nmax_reseeds_per_day = 10\n")
     path = info.directory / f"{name}.toml"
@@ -149,7 +141,7 @@ def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Group]:
                      "--election-timeout", "1000"], stdout=log, stderr=subprocess.STDOUT))
 
             def formed() -> bool:
-                answers = [_etcd_status(url) for url in endpoints]
+                answers = [etcd_status(url) for url in endpoints]
                 return all(a is not None and int(str(a.get("leader", 0))) != 0
                            for a in answers)
 

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import pytest
 from hotcopy.sandbox import netns
 from hotcopy.sandbox.sshd import netns_argv
 
-from ..etcd_cluster import require_etcd
+from ..etcd_cluster import etcd_status, require_etcd
 from .helpers import hotcopy, wait_for
 
 pytestmark = pytest.mark.etcd
@@ -49,16 +48,6 @@ class Host:
     @property
     def client_url(self) -> str:
         return f"http://{self.ip}:2379"
-
-
-def _status(url: str) -> dict[str, Any] | None:
-    request = urllib.request.Request(f"{url}/v3/maintenance/status", b"{}",
-                                     {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return dict(json.loads(response.read()))
-    except OSError:
-        return None
 
 
 def config(directory: Path, name: str, endpoints: list[str], prefix: str) -> Path:
@@ -114,7 +103,7 @@ def hosts(tmp_path: Path) -> Iterator[list[Host]]:
                 stdout=log, stderr=subprocess.STDOUT))
 
         def ready() -> bool:
-            answers = [_status(h.client_url) for h in made]
+            answers = [etcd_status(h.client_url) for h in made]
             return all(a is not None and int(str(a.get("leader", 0))) != 0 for a in answers)
 
         assert wait_for(ready, 30), "the etcd cluster did not form"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -35,8 +34,17 @@ from hotcopy.saga.etcd_journal import EtcdJournal
 from hotcopy.sandbox import SandboxInfo
 from hotcopy.workflows import clone
 from tests.etcd_cluster import EtcdCluster, require_etcd, unique_prefix
+from tests.journals import RecordingJournal
 
-from .helpers import hotcopy, leftovers, runtime, sql_thread_running, wait_for, wait_replicating
+from .helpers import (
+    hotcopy,
+    leftovers,
+    runtime,
+    sql_thread_running,
+    wait_for,
+    wait_replicating,
+    with_etcd_journal,
+)
 
 pytestmark = pytest.mark.etcd
 
@@ -75,14 +83,9 @@ class Shard:
 
     def variant(self, name: str, endpoints: list[str], retry_rounds: int = 3) -> Path:
         """The sandbox's config with the etcd journal (this test's prefix) instead."""
-        journal = (f'[journal]\nbackend = "etcd"\nendpoints = {json.dumps(endpoints)}\n'
-                   f'prefix = "{self.prefix}"\nlease_ttl_s = {TTL_S}\n'
-                   f"retry_rounds = {retry_rounds}\ntimeout_s = 2\n")
-        text, n = re.subn(r"\[journal\]\npath = [^\n]*\n", journal,
-                          self.info.config_path.read_text())
-        assert n == 1, "the sandbox config has no [journal] path to replace"
         path = self.tmp / name
-        path.write_text(text)
+        path.write_text(with_etcd_journal(self.info, endpoints, self.prefix,
+                                          lease_ttl_s=TTL_S, retry_rounds=retry_rounds))
         return path
 
     def journal(self) -> EtcdJournal:
@@ -282,23 +285,6 @@ def test_a_paused_controller_is_deposed_after_its_lease_and_then_touches_nothing
     assert_restored(shard)
 
 
-class _Recorded:
-    """The controller's journal, every call also logged (name) in order with lock events."""
-
-    def __init__(self, journal: EtcdJournal, events: list[str]) -> None:
-        self._journal, self._events = journal, events
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._journal, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self._events.append(name)
-            return attribute(*args, **kwargs)
-        return call
-
-
 def test_no_etcd_round_trip_while_the_source_is_locked(
     shard: Shard, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -337,8 +323,8 @@ def test_no_etcd_round_trip_while_the_source_is_locked(
     owner = shard.journal()
     rt = runtime(shard.info)
     try:
-        outcome = clone.start(rt, _Recorded(owner, events), SOURCE, TARGET,  # type: ignore[arg-type]
-                              NullReporter())
+        outcome = clone.start(rt, RecordingJournal(owner, events.append),
+                              SOURCE, TARGET, NullReporter())
     finally:
         rt.close()
         owner.close()

@@ -22,6 +22,11 @@ still in its write when its link returns whatever the speed, the test holds A (S
 from the moment B's claim of the job is in etcd until the link is back (``attempt_b``).
 Until then A runs, cut off, through its lease's expiry and B's takeover.
 
+The same network also has A's host die (issue 10's "controller's host killed after the
+snapshot"): both its links down, then SIGKILL of everything in its namespace, while it
+holds the source's backup lock; once its lease expired, a rollback is started on A's
+host (back up) and on B's at once, and exactly one of them runs the undos.
+
 The TTL is 10 s rather than the suite's usual 3-6 s so that B's first attempt, started
 right after the cut, is inside A's lease with a wide margin even on a loaded machine
 (A renewed it last at most TTL/3 before it stopped itself).
@@ -29,16 +34,13 @@ right after the cut, is inside A's lease with a wide margin even on a loaded mac
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +56,7 @@ from hotcopy.saga.etcd_journal import EtcdJournal
 from hotcopy.sandbox import SandboxInfo, netns
 from hotcopy.sandbox.sshd import netns_argv
 
-from ..etcd_cluster import require_etcd, unique_prefix
+from ..etcd_cluster import etcd_status, require_etcd, unique_prefix
 from ..real_parts import missing_tools, needs
 from .conftest import own_sandbox
 from .helpers import (
@@ -62,10 +64,12 @@ from .helpers import (
     hotcopy,
     leftovers,
     mark_local,
+    no_backup_lock,
     runtime,
     sql_thread_running,
     wait_for,
     wait_replicating,
+    with_etcd_journal,
 )
 
 pytestmark = [pytest.mark.etcd,
@@ -106,12 +110,10 @@ class Net:
 
 
 def _etcd_leader(url: str) -> bool:
-    request = urllib.request.Request(f"{url}/v3/maintenance/status", b"{}",
-                                     {"Content-Type": "application/json"})
+    status = etcd_status(url)
     try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return int(str(json.loads(response.read()).get("leader", 0))) != 0
-    except (OSError, ValueError):
+        return status is not None and int(str(status.get("leader", 0))) != 0
+    except ValueError:
         return False
 
 
@@ -191,13 +193,8 @@ class Case:
 
 def _config(n: Net, prefix: str, path: Path) -> Path:
     """The sandbox's config with the etcd journal under this test's prefix."""
-    journal = (f'[journal]\nbackend = "etcd"\nendpoints = ["{n.etcd_url}"]\n'
-               f'prefix = "{prefix}"\nlease_ttl_s = {TTL_S}\ntimeout_s = {TIMEOUT_S}\n'
-               f"retry_rounds = {RETRY_ROUNDS}\n")
-    text, count = re.subn(r"\[journal\]\npath = [^\n]*\n", journal,
-                          n.info.config_path.read_text())
-    assert count == 1, "the sandbox config has no [journal] path to replace"
-    path.write_text(text)
+    path.write_text(with_etcd_journal(n.info, [n.etcd_url], prefix, lease_ttl_s=TTL_S,
+                                      timeout_s=TIMEOUT_S, retry_rounds=RETRY_ROUNDS))
     path.chmod(0o600)
     return path
 
@@ -238,11 +235,11 @@ def case(net: Net, tmp_path: Path) -> Iterator[Case]:
             wait_replicating(rt.server(name), rt.server(net.info.master), timeout=120)
 
 
-def start_controller(c: Case) -> subprocess.Popen[bytes]:
+def start_controller(c: Case, fault: str = FAULT) -> subprocess.Popen[bytes]:
     """`hotcopy clone` inside A's namespace, in a session of its own (nsenter execs it,
     so the pid is the clone's)."""
     env = {k: v for k, v in os.environ.items() if k != "HOTCOPY_FAULT"}
-    env["HOTCOPY_FAULT"] = FAULT
+    env["HOTCOPY_FAULT"] = fault
     c.err = (c.config.parent / "controller-a.err").open("w+b")
     c.controller = subprocess.Popen(
         [*netns_argv(c.net.controller_ns), sys.executable, "-m", "hotcopy", "clone",
@@ -451,3 +448,81 @@ def test_controller_cut_off_from_etcd_is_taken_over_and_its_late_writes_are_reje
     else:
         assert not has_schema(target, marker), "the target still has its old datadir"
         assert differing_tables(table_checksums(master), table_checksums(target)) == []
+
+
+def test_controller_host_dies_holding_the_source_then_two_hosts_roll_back_at_once(
+    case: Case,
+) -> None:
+    """A's host dies right after the snapshot, inside the source's pause: its SQL thread
+    stopped, A's session holding the backup lock. Both of A's links go down first, so no
+    FIN reaches the source and that session lingers as it would after a power loss; then
+    everything in A's namespace is SIGKILLed. (A stopped itself at the snapshot, so its
+    lease may lapse before anyone asks; the refusal while a lease lives is the cut-off
+    test's.) Once the lease expired, A's host is back, and a rollback is started on each
+    host at the same moment: exactly one runs the undos (each entry once), which kills
+    the lingering lock session, restarts the SQL thread, destroys the snapshot and leaves
+    the target untouched and replicating; the other is refused, nothing done."""
+    c, n = case, case.net
+    info, rt = n.info, n.rt
+    master, source, target = rt.server(info.master), rt.server(SOURCE), rt.server(TARGET)
+    marker = "host_dies"
+    c.markers.append(marker)
+    mark_local(target, marker)
+
+    a = start_controller(c, "pause-after:snapshot")
+    try:
+        assert wait_for(lambda: stopped(a.pid) or a.poll() is not None, 300, 0.05)
+        assert a.poll() is None, f"A ended before the snapshot: {c.stderr()[-3000:]}"
+        job_id = c.reader.list_jobs()[0].id
+        owed = [e.action for e in c.reader.undo_entries(job_id) if e.outstanding]
+        assert "mysql.release_lock_session" in owed and "snapshot.btrfs.destroy" in owed, owed
+        assert leftovers(info), "the snapshot exists"
+
+        netns.set_link(n.data_veth, up=False)
+        netns.set_link(n.etcd_veth, up=False)
+        netns.kill_namespace_processes(n.controller_ns)
+        a.wait(timeout=30)
+        assert not sql_thread_running(source), "the source should still be paused by A"
+
+        def lease_expired() -> bool:
+            held = [lock for lock in c.reader.locks() if lock.job_id == job_id]
+            return bool(held) and all(lock.lease_remaining_s is not None
+                                      and lock.lease_remaining_s < 0 for lock in held)
+
+        assert wait_for(lease_expired, 3 * TTL_S, 0.5), "A's lease never expired"
+    finally:
+        netns.set_link(n.data_veth, up=True)
+        netns.set_link(n.etcd_veth, up=True)
+    env = {k: v for k, v in os.environ.items() if k != "HOTCOPY_FAULT"}
+    argv = [sys.executable, "-m", "hotcopy", "rollback", "--config", str(c.config), job_id]
+    with tempfile.TemporaryFile("w+") as on_a, tempfile.TemporaryFile("w+") as on_b:
+        rivals = [subprocess.Popen([*netns_argv(n.controller_ns), *argv], stdout=on_a,
+                                   stderr=subprocess.STDOUT, text=True, env=env),
+                  subprocess.Popen(argv, stdout=on_b, stderr=subprocess.STDOUT, text=True,
+                                   env=env)]
+        try:
+            codes = [p.wait(timeout=300) for p in rivals]
+        finally:
+            for p in rivals:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(timeout=30)
+        outputs = []
+        for out in (on_a, on_b):
+            out.seek(0)
+            outputs.append(out.read())
+    assert sorted(codes) == [0, 2], outputs
+    loser = outputs[codes.index(2)]
+    assert "is owned by pid" in loser or "nothing to roll back" in loser, loser
+    job = c.reader.get_job(job_id)
+    assert job.state is JobState.ROLLED_BACK and job.owner_pid != a.pid
+    entries = c.reader.undo_entries(job_id)
+    assert all(e.state.value in ("done", "removed") for e in entries), entries
+    assert all(e.attempts == 1 for e in entries if e.state.value == "done"), entries
+    assert sql_thread_running(source)
+    assert no_backup_lock(source)
+    assert job_leftovers(info, job_id) == []
+    wait_replicating(source, master)
+    target.close()
+    wait_replicating(target, master)
+    assert has_schema(target, marker), "the target is not on its old datadir"

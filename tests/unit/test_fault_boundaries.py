@@ -22,28 +22,12 @@ from hotcopy.workflows.faults import Faults
 from hotcopy.workflows.runner import Step, StepContext, run_steps
 
 from ..fault_points import kill_points
+from ..journals import RecordingJournal
 
 
 @undo_action("test_fault_boundaries.noop", describe="nothing, for step {step}")
 def _noop(context: Any, params: Mapping[str, Any]) -> None:
     """The undo of the steps' stand-in change."""
-
-
-class RecordingJournal:
-    """A real journal whose every call is also written to ``events``."""
-
-    def __init__(self, journal: SqliteJournal, events: list[tuple[str, ...]]) -> None:
-        self._journal, self._events = journal, events
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._journal, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self._events.append(("journal", name))
-            return attribute(*args, **kwargs)
-        return call
 
 
 class RecordingFaults(Faults):
@@ -59,7 +43,7 @@ def test_nothing_durable_happens_between_one_step_and_the_next(tmp_path: Path) -
     events: list[tuple[str, ...]] = []
     with SqliteJournal(tmp_path / "journal.db") as real:
         job = real.create_job("clone", {})
-        journal = RecordingJournal(real, events)
+        journal = RecordingJournal(real, lambda name: events.append(("journal", name)))
 
         def work(ctx: StepContext) -> dict[str, Any]:
             ctx.push("test_fault_boundaries.noop", {"step": ctx.step})
