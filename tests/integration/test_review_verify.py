@@ -75,8 +75,14 @@ def test_source_replicates_while_the_target_checksums_and_the_phase_is_bounded(
             assert wait_for(lambda: checksum_waiting(rt) or resume.poll() is not None,
                             timeout=120), "the target's checksums never started"
             assert resume.poll() is None, "resume ended before the target's checksums waited"
-            # Before the fix the source stayed stopped until both servers' sums were in.
-            assert sql_thread_running(rt.server(SOURCE)), "source paused during target sums"
+            # Source and target are summed at the same time: the source replicates again
+            # once its own sums are in, while the target's still wait on the lock. Before
+            # the fix the source stayed stopped until both were in, i.e. until the bound.
+            assert wait_for(lambda: sql_thread_running(rt.server(SOURCE))
+                            or resume.poll() is not None, timeout=LIMIT_S), \
+                "the source never replicated again during verify"
+            assert resume.poll() is None and checksum_waiting(rt), \
+                "the source was paused for as long as the target's sums waited"
             out, err = resume.communicate(timeout=LIMIT_S + 120)
         finally:
             if resume.poll() is None:
