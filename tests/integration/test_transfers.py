@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import socket
 import subprocess
@@ -237,6 +238,31 @@ def test_stream_retry_starts_over_with_a_new_listener_and_an_emptied_staging(
     assert result.attempts == 2
     assert digest(staging) == digest(tree)
     assert marked("tretry") == []
+
+
+def test_stream_answer_that_comes_seconds_after_the_last_byte_still_arrives(
+        tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a slow disk tar ends well after the socket's EOF; the OK must still get back.
+
+    A tar ahead on the PATH sleeps 2 s after every extraction, so the receiver answers
+    2 s after the sender's last byte, whatever the speed of this machine. socat's own
+    default would have closed the connection 0.5 s after that byte.
+    """
+    slow = tmp_path / "slowbin"
+    slow.mkdir()
+    real_tar = subprocess.run(["sh", "-c", "command -v tar"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    (slow / "tar").write_text(f'#!/bin/sh\n{real_tar} "$@"; rc=$?\n'
+                              'case " $* " in *" -x "*) sleep 2 ;; esac\nexit $rc\n')
+    (slow / "tar").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{slow}:{os.environ['PATH']}")
+    rt = local_runtime(tmp_path)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    result = transfer(rt, "stream", request_for("tslowtar", tree, staging, retries=0))
+    assert result.attempts == 1
+    assert digest(staging) == digest(tree)
+    assert marked("tslowtar") == []
 
 
 @pytest.mark.parametrize("name", ["stream", "rsyncd", "rsync_ssh"])

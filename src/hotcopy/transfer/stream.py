@@ -97,6 +97,36 @@ def connect_address(address: str, peer: str, port: int, timeout_s: int) -> str:
             f"connect-timeout={timeout_s}")
 
 
+def spawn_listener(executor: Executor, workdir: str, listen: str, job_id: str,
+                   io_timeout_s: int) -> int | None:
+    """Start socat on LISTEN, each connection handed to ``WORKDIR/receive.sh``; its pid.
+
+    ``-t``: once the sender's last byte has arrived, socat must wait for the receiver's
+    answer, which comes only after the extraction has caught up with everything still
+    buffered. socat's default (0.5 s) closes the connection before a slow disk gets
+    there, and the sender sees the stream end with no answer. ``-T``: a connection idle
+    that long is given up.
+    """
+    pid = executor.run(remote.argv(
+        "spawn.sh", "env", marker(job_id), "socat", "-d", "-d", "-lf", f"{workdir}/socat.log",
+        "-T", str(io_timeout_s), "-t", str(io_timeout_s), listen,
+        f"EXEC:bash {workdir}/receive.sh",
+    )).stdout.strip()
+    return int(pid) if pid.isdigit() else None
+
+
+def listening(executor: Executor, port: int, pid: int) -> bool:
+    """Whether the listener PID is up and something listens on PORT (5 s at most)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if not process_alive(executor, pid):
+            return False
+        if executor.run(["ss", "-Htln", f"sport = :{port}"], check=False).stdout.strip():
+            return process_alive(executor, pid)
+        time.sleep(0.05)
+    return False
+
+
 def resolve(executor: Executor, address: str) -> str:
     """The IP the target will see the source connect from (socat's range needs one)."""
     if is_ip_address(address):
@@ -157,11 +187,9 @@ class StreamMethod:
         children = runtime.config.transfer.parallel + 4
         for port in candidate_ports(target, runtime.config.transfer.port_range):
             listen = listen_address(request.target_address, peer, port, children)
-            pid = target.run(remote.argv(
-                "spawn.sh", "env", marker(request.job_id), "socat", "-d", "-d", "-lf",
-                f"{workdir}/socat.log", listen, f"EXEC:bash {workdir}/receive.sh",
-            )).stdout.strip()
-            if pid.isdigit() and self._listening(target, port, int(pid)):
+            pid = spawn_listener(target, workdir, listen, request.job_id,
+                                 runtime.config.transfer.io_timeout_s)
+            if pid is not None and listening(target, port, pid):
                 handle.params["port"] = port
                 log.info("stream listener on %s:%d for %s", request.target_address, port, peer)
                 return
@@ -169,16 +197,6 @@ class StreamMethod:
         tail = target.run(["tail", "-n", "3", f"{workdir}/socat.log"], check=False).stdout
         raise HotcopyError(f"could not start a stream listener on {target.name} (ports "
                            f"{runtime.config.transfer.port_range}): {tail.strip()}")
-
-    def _listening(self, executor: Executor, port: int, pid: int) -> bool:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if not process_alive(executor, pid):
-                return False
-            if executor.run(["ss", "-Htln", f"sport = :{port}"], check=False).stdout.strip():
-                return process_alive(executor, pid)
-            time.sleep(0.05)
-        return False
 
     def pull(self, runtime: Runtime, request: TransferRequest, handle: ServerHandle,
              on_progress: ProgressCallback) -> TransferResult:

@@ -29,7 +29,6 @@ from typing import Any
 from hotcopy import remote
 from hotcopy.errors import HotcopyError
 from hotcopy.hosts import Executor
-from hotcopy.hosts.processes import process_alive
 from hotcopy.mysql import backup_tool, replication
 from hotcopy.mysql.backup_tool import BackupTool
 from hotcopy.mysql.flavor import ReplicaStatus
@@ -45,7 +44,13 @@ from hotcopy.transfer.base import (
     marker,
 )
 from hotcopy.transfer.rsyncd import private_directory
-from hotcopy.transfer.stream import connect_address, listen_address, resolve
+from hotcopy.transfer.stream import (
+    connect_address,
+    listen_address,
+    listening,
+    resolve,
+    spawn_listener,
+)
 from hotcopy.workflows.report import ProgressRecorder
 from hotcopy.workflows.runner import StepContext
 from hotcopy.workflows.target_steps import SpaceGuard, space_reserve
@@ -101,28 +106,15 @@ def _start_listener(runtime: Runtime, executor: Executor, workdir: str, address:
     port_range = runtime.config.transfer.port_range
     for port in candidate_ports(executor, port_range):
         listen_on = listen_address(address, peer, port, children=4)
-        pid = executor.run(remote.argv(
-            "spawn.sh", "env", marker(job_id), "socat", "-d", "-d", "-lf",
-            f"{workdir}/socat.log", listen_on, f"EXEC:bash {workdir}/receive.sh",
-        )).stdout.strip()
-        if pid.isdigit() and _listening(executor, port, int(pid)):
+        pid = spawn_listener(executor, workdir, listen_on, job_id,
+                             runtime.config.transfer.io_timeout_s)
+        if pid is not None and listening(executor, port, pid):
             log.info("backup listener on %s:%d for %s", address, port, peer)
             return port
         kill_marked(executor, job_id)
     tail = executor.run(["tail", "-n", "3", f"{workdir}/socat.log"], check=False).stdout
     raise HotcopyError(f"could not start a listener for the backup stream on {executor.name} "
                        f"(ports {port_range}): {tail.strip()}")
-
-
-def _listening(executor: Executor, port: int, pid: int) -> bool:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if not process_alive(executor, pid):
-            return False
-        if executor.run(["ss", "-Htln", f"sport = :{port}"], check=False).stdout.strip():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 class _Output:
