@@ -111,6 +111,12 @@ class TransferConfig(_Strict):
                               description="a stream silent this long is broken")
     zstd_level: int = Field(default=3, ge=0, le=19,
                             description="stream: zstd level; 0 sends uncompressed")
+    max_source_latency_factor: float | None = Field(
+        default=None, gt=1, le=100,
+        description="pace the copy so the source's probe latency stays within this factor "
+                    "of its baseline (stream method)")
+    throttle_floor_kbps: int = Field(default=1024, gt=0,
+                                     description="the paced copy never goes slower (KiB/s)")
     # rsync_ssh: the target logs into the source with these; the paths are on the target.
     ssh_user: str = Field(default="root", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     ssh_port: int | None = Field(default=None, ge=1, le=65535)

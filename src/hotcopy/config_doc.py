@@ -75,6 +75,11 @@ EXPLAINED: dict[str, str] = {
     "transfer.connect_timeout_s": "seconds a transfer's connection to the other host may "
                                   "take before it is retried",
     "transfer.retries": "times an interrupted transfer is retried (resuming in place)",
+    "transfer.max_source_latency_factor": "pace the copy (AIMD, every second) so that the "
+                                          "source's probe latency (p90) stays within this "
+                                          "factor of its baseline; needs the stream method",
+    "transfer.throttle_floor_kbps": "the slowest rate the latency throttle may pace the copy "
+                                    "to, so that it always ends",
     "transfer.ssh_user": "rsync_ssh: the user the target logs into the source as",
     "transfer.ssh_port": "rsync_ssh: the source's sshd port",
     "transfer.ssh_identity_file": "rsync_ssh: the key on the target",

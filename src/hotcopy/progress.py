@@ -37,6 +37,8 @@ class Reporter(Protocol):
     def step_started(self, name: str, title: str) -> None: ...
     def step_finished(self, name: str, outcome: str, seconds: float, detail: str = "") -> None: ...
     def progress(self, done: int, total: int | None, rate: float | None) -> None: ...
+    def pacing(self, text: str) -> None:
+        """The latency throttle's state, shown beside the copy's progress."""
     def note(self, text: str) -> None: ...
     def warning(self, text: str) -> None: ...
 
@@ -52,6 +54,9 @@ class NullReporter:
         log.info("step %s %s in %.3fs %s", name, outcome, seconds, detail)
 
     def progress(self, done: int, total: int | None, rate: float | None) -> None:
+        return None
+
+    def pacing(self, text: str) -> None:
         return None
 
     def note(self, text: str) -> None:
@@ -70,11 +75,13 @@ class ConsoleReporter:
         self._task: TaskID | None = None
         self._last_refresh = 0.0
         self._started = 0.0
+        self._pacing = ""
         self.current_step: str | None = None
 
     def step_started(self, name: str, title: str) -> None:
         self._end_progress()
         self.current_step = name
+        self._pacing = ""
         self._started = time.monotonic()
         self.console.print(f"[bold cyan]→[/] {escape(title)} [dim]({name})[/]")
 
@@ -103,8 +110,13 @@ class ConsoleReporter:
             speed = "" if average is None else f"{human_bytes(average)}/s"
             if average and total and total > done:
                 speed += f", ETA {human_duration((total - done) / average)}"
+            if self._pacing:
+                speed += f" | {self._pacing}"
             self._progress.update(self._task, completed=done, total=total, speed=speed)
             self._last_refresh = now
+
+    def pacing(self, text: str) -> None:
+        self._pacing = text
 
     def _end_progress(self) -> None:
         if self._progress is not None:
@@ -143,6 +155,7 @@ class PlainReporter:
         self._last: float | None = None
         self._wrote_end = False
         self._step_started = clock()
+        self._pacing = ""
         # Re-entrant: the signal acknowledgement may write while a line is half written.
         self._lock = threading.RLock()
         self.current_step: str | None = None
@@ -155,7 +168,7 @@ class PlainReporter:
 
     def step_started(self, name: str, title: str) -> None:
         self.current_step = name
-        self._step, self._last, self._wrote_end = name, None, False
+        self._step, self._last, self._wrote_end, self._pacing = name, None, False, ""
         self._step_started = self._clock()
         self._line(f"step {name}: {title}")
 
@@ -173,7 +186,11 @@ class PlainReporter:
         # The average since the step began: the rate the step reports when it ends.
         elapsed = now - self._step_started
         average = done / elapsed if elapsed > 0 and done else None
-        self._line(f"{self._step or 'transfer'}: {progress_text(done, total, average)}")
+        pacing = f" | {self._pacing}" if self._pacing else ""
+        self._line(f"{self._step or 'transfer'}: {progress_text(done, total, average)}{pacing}")
+
+    def pacing(self, text: str) -> None:
+        self._pacing = text
 
     def note(self, text: str) -> None:
         self._line(text)

@@ -7,8 +7,11 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +34,7 @@ from .test_faults import (
     module_shard,
     run_json,
 )
+from .test_transfers import ship_bytes
 
 # A transfer slow enough (about 4 s for the sandbox) to act while it runs.
 SLOW = "[transfer]\nbwlimit_kbps = 20000\n"
@@ -336,3 +340,78 @@ def test_verification_finds_a_table_that_differs_and_rolls_back(clean: Shard) ->
     finally:
         clean.reconnect()
         master.execute((f"DROP DATABASE IF EXISTS {DIFFER_DB}", ()))
+
+
+class Stalls:
+    """Freezes a mysqld (SIGSTOP) for 150 ms out of every 200 ms, until ended.
+
+    A query that arrives meanwhile waits for the thaw: every 100 ms probe window then
+    has a 90th percentile of tens of milliseconds, far over any limit a baseline of an
+    idle server gives, on a machine of any speed. It always ends with the server thawed.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._done.is_set():
+                os.kill(self.pid, signal.SIGSTOP)
+                time.sleep(0.15)
+                os.kill(self.pid, signal.SIGCONT)
+                self._done.wait(0.05)
+        finally:
+            os.kill(self.pid, signal.SIGCONT)
+
+    def end(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+        os.kill(self.pid, signal.SIGCONT)
+
+
+def test_latency_throttle_slows_the_copy_while_the_source_stalls(
+        clean: Shard, tmp_path: Path) -> None:
+    # The copy is paced from its start (bwlimit, about 4 s of copy), so it cannot be over
+    # before the throttle's first decision, 1 s in. The clone stops itself right before
+    # the pull: the baseline was taken at the end of serve, on the undisturbed source.
+    ceiling_kbps = max(1024, ship_bytes(clean.info, SOURCE) // 1024 // 4)
+    config = clean.variant(tmp_path / "paced.toml",
+                           f"[transfer]\nmax_source_latency_factor = 20\nzstd_level = 0\n"
+                           f"bwlimit_kbps = {ceiling_kbps}\nthrottle_floor_kbps = 1024\n")
+    pid = control(clean.info, SOURCE).pid()
+    assert pid is not None
+    run = BackgroundClone(clean, config, env={"HOTCOPY_FAULT": "pause-before:pull"})
+    stalls: Stalls | None = None
+
+    def pacing() -> dict[str, Any]:
+        return dict(clean.journal().get_job(run.job_id).info.get("pacing") or {})
+
+    try:
+        assert wait_for(lambda: _stopped(run.proc.pid) or run.proc.poll() is not None,
+                        timeout=120, interval=0.05), "the clone never reached the pull"
+        assert run.proc.poll() is None, "the clone ended before the pull"
+        stalls = Stalls(pid)
+        run.proc.send_signal(signal.SIGCONT)
+        assert wait_for(lambda: pacing().get("decreases", 0) >= 1 or run.proc.poll() is not None,
+                        timeout=60, interval=0.1)
+        stalls.end()
+        code, report, stderr = run.finish()
+    finally:
+        if stalls is not None:
+            stalls.end()
+        run.kill()
+    assert code == 0, stderr[-3000:]
+    assert report["transfer_method"] == "stream", "auto must pick the method that can pace"
+    paced = report["pacing"]
+    assert paced["factor"] == 20 and paced["decreases"] >= 1, paced
+    limit_ms = paced["limit_ms"]
+    ceiling = ceiling_kbps * 1024
+    # The decision the stalls caused: a latency over the limit, the pace at most half the
+    # ceiling the copy started at.
+    over = [(rate, latency) for _, rate, latency in paced["history"] if latency > limit_ms]
+    assert over and all(rate is not None and rate <= ceiling / 2 for rate, _ in over), paced
+    assert report["pacing_cost_s"] is not None
+    assert_cloned(clean, report)

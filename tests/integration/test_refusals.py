@@ -401,6 +401,15 @@ def _free(path: Path) -> int:
 # -- 10. another job --------------------------------------------------------------------
 
 
+def test_latency_throttle_with_a_method_that_cannot_change_its_rate(
+        shard: SandboxInfo, tmp_path: Path) -> None:
+    path = edited_config(shard, tmp_path, {}, append=(
+        '\n[transfer]\nmethod = "rsyncd"\nmax_source_latency_factor = 1.5\n'))
+    refuse(shard, "replica1", "replica2", "transfer method rsyncd",
+           "cannot change its rate while it runs",
+           "transfer.max_source_latency_factor needs (the stream method can)", config=path)
+
+
 def test_clone_refused_while_another_job_holds_the_servers(shard: SandboxInfo) -> None:
     config, known = shard.config_path, known_jobs(shard)
     killed = clone(config, "replica1", "replica2", "--yes",

@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -263,6 +264,50 @@ def test_stream_answer_that_comes_seconds_after_the_last_byte_still_arrives(
     assert result.attempts == 1
     assert digest(staging) == digest(tree)
     assert marked("tslowtar") == []
+
+
+def test_a_running_stream_slows_down_when_the_throttle_says_so(tmp_path: Path) -> None:
+    """set_rate reaches the pacing pv of every stream while they run (pv --remote).
+
+    The copy starts paced at 4 MiB/s (so most of it is still to come when the first
+    progress arrives, whatever this machine's speed) and is then told 1.5 MiB/s. Only
+    the bytes the pacing pv let through before that (what the progress counted, plus
+    the pipe buffers upstream of it) can go faster: the rest needs its time at the new
+    pace. At the old pace, it would have been over in a third of it.
+    """
+    root = tmp_path / "source"
+    rng = random.Random(11)
+    for index in range(3):
+        path = root / f"db/t{index}.ibd"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(4 * 2**20))  # incompressible: bytes are bytes
+    total = 12 * 2**20
+    rt = local_runtime(tmp_path, parallel=2, zstd_level=0, max_source_latency_factor=2)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    request = request_for("tpace", root, staging, bwlimit=4096)
+    method = load_method("stream")
+    handle = method.prepare(rt, request)
+    told: list[tuple[float, int]] = []
+
+    def on_progress(done: int, total_: int | None, rate: float | None) -> None:
+        if not told and done > 0:
+            method.set_rate(rt, handle, 1.5 * 2**20)  # type: ignore[attr-defined]
+            told.append((time.monotonic(), done))
+
+    try:
+        method.serve(rt, request, handle)
+        method.pull(rt, request, handle, on_progress)
+    finally:
+        method.stop(rt, handle)
+    ended = time.monotonic()
+    assert told, "no progress was reported"
+    at, done = told[0]
+    still_to_come = total - done - 2**20  # the pipes ahead of the pacing pv hold less
+    assert still_to_come > 4 * 2**20, f"only {still_to_come} bytes left to pace"
+    assert ended - at >= still_to_come / (1.5 * 2**20), (ended - at, done)
+    assert digest(staging) == digest(root)
+    assert marked("tpace") == []
 
 
 @pytest.mark.parametrize("name", ["stream", "rsyncd", "rsync_ssh"])

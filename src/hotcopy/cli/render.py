@@ -129,6 +129,18 @@ def _render_costs(report: dict[str, Any]) -> None:
         out_console.print("warm target: " + escape(
             f"buffer pool list {report['buffer_pool_dump']}; "
             + ("loaded" if loaded else f"not loaded ({report.get('buffer_pool_load_status')})")))
+    pacing = report.get("pacing")
+    if pacing:
+        rate = pacing.get("rate_bytes_s")
+        cost = report.get("pacing_cost_s")
+        out_console.print("latency throttle: " + escape(
+            f"source p90 limit {pacing['limit_ms']:.2f} ms ({pacing['factor']:g} x baseline "
+            f"{pacing['baseline_p90_ms']:.2f} ms); "
+            + ("unpaced" if rate is None else f"paced to {human_bytes(rate)}/s")
+            + (f" at {pacing['latency_p90_ms']:.2f} ms" if pacing.get("latency_p90_ms")
+               is not None else "")
+            + f"; {pacing['decreases']} slow-downs, {pacing['increases']} speed-ups"
+            + ("" if cost is None else f"; cost ~{human_duration(float(cost))}")))
     if report.get("preflush_outcome") is not None:
         out_console.print("pre-flush: " + escape(
             f"dirty pages {report.get('dirty_pages_before')} → "

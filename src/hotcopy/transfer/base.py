@@ -161,6 +161,23 @@ class TransferMethod(Protocol):
         ...
 
 
+class PacedMethod(TransferMethod, Protocol):
+    """A method whose running copy can change its rate (the latency throttle needs it)."""
+
+    def set_rate(self, runtime: Runtime, handle: ServerHandle,
+                 bytes_per_s: float | None) -> None:
+        """The whole copy's rate from now on, shared by its streams; None: unpaced."""
+        ...
+
+
+def pacing_unsupported(runtime: Runtime, method: TransferMethod) -> str | None:
+    """Why METHOD cannot serve a clone that the latency throttle must pace, if it cannot."""
+    if runtime.config.transfer.max_source_latency_factor is None or hasattr(method, "set_rate"):
+        return None
+    return ("it cannot change its rate while it runs, which "
+            "transfer.max_source_latency_factor needs (the stream method can)")
+
+
 _SIZE = re.compile(r"^(\d[\d,]*)")
 
 
@@ -193,14 +210,16 @@ def method_for(runtime: Runtime, request: TransferRequest, choice: str,
     """``auto``: the first method, in preference order, that both hosts can use."""
     if choice != "auto":
         method = load_method(choice)
-        reason = method.unsupported_reason(runtime, request, snapshot_backend)
+        reason = (pacing_unsupported(runtime, method)
+                  or method.unsupported_reason(runtime, request, snapshot_backend))
         if reason is not None:
             raise RefusedError(f"transfer method {choice} cannot be used: {reason}")
         return method
     reasons = []
     for name in load_all():
         method = load_method(name)
-        reason = method.unsupported_reason(runtime, request, snapshot_backend)
+        reason = (pacing_unsupported(runtime, method)
+                  or method.unsupported_reason(runtime, request, snapshot_backend))
         if reason is None:
             return method
         reasons.append(f"{name}: {reason}")

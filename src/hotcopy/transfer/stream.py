@@ -59,6 +59,8 @@ from hotcopy.transfer.rsyncd import private_directory
 
 log = logging.getLogger(__name__)
 
+#: The pace of a stream the throttle has not slowed (bytes/s): more than any link.
+UNPACED = 10**12
 TAR_RECORD = 10240  # GNU tar's default record: 20 blocks of 512 bytes
 CHECKPOINT_RECORDS = 100
 
@@ -149,9 +151,12 @@ class StreamMethod:
             missing = remote.missing_tools(runtime.executor(server), tools)
             if missing:
                 return f"{', '.join(missing)} not installed on {server}"
-        if request.bwlimit_kbps and remote.missing_tools(runtime.executor(request.source), ["pv"]):
-            return (f"transfer.bwlimit_kbps needs pv on {request.source} to pace a stream, "
-                    "and it is not installed")
+        paced = request.bwlimit_kbps or runtime.config.transfer.max_source_latency_factor
+        if paced and remote.missing_tools(runtime.executor(request.source), ["pv"]):
+            setting = ("transfer.bwlimit_kbps" if request.bwlimit_kbps
+                       else "transfer.max_source_latency_factor")
+            return (f"{setting} needs pv on {request.source} to pace a stream, and it is "
+                    "not installed")
         return None
 
     def prepare(self, runtime: Runtime, request: TransferRequest) -> ServerHandle:
@@ -235,6 +240,9 @@ class StreamMethod:
         source, target = runtime.executor(request.source), runtime.executor(request.target)
         meter_kind = "tar" if remote.missing_tools(source, ["pv"]) else "pv"
         limit = (request.bwlimit_kbps or 0) * 1024 // len(groups)
+        if not limit and transfer.max_source_latency_factor:
+            limit = UNPACED  # a pacing pv in every stream, for the throttle to set
+        handle.params["streams"] = len(groups)
         connect = connect_address(request.target_address, handle.params["peer"],
                                   handle.params["port"], transfer.connect_timeout_s)
         sender = f"{handle.params['source_workdir']}/send.sh"
@@ -288,6 +296,14 @@ class StreamMethod:
                                 keep_files=True))
         return run_parallel([functools.partial(send, i) for i in range(len(groups))],
                             abort=stop_others)
+
+    def set_rate(self, runtime: Runtime, handle: ServerHandle,
+                 bytes_per_s: float | None) -> None:
+        """Every stream's pacing pv gets its share, through pv's remote control."""
+        streams = int(handle.params.get("streams") or runtime.config.transfer.parallel)
+        share = UNPACED if bytes_per_s is None else max(1, int(bytes_per_s / streams))
+        runtime.executor(handle.params["source"]).run(
+            remote.argv("pace.sh", marker(handle.params["job_id"]), str(share)), timeout=30)
 
     def stop(self, runtime: Runtime, handle: ServerHandle) -> None:
         stop_stream(runtime, {"server": handle.server, **handle.params})

@@ -20,6 +20,7 @@ from hotcopy.transfer.base import (
     candidate_ports,
     load_all,
     load_method,
+    pacing_unsupported,
 )
 from hotcopy.workflows.preflight import Finding, Preflight
 
@@ -85,6 +86,9 @@ def _request(runtime: Runtime, source: str, target: str, report: Preflight) -> T
 
 def _unsupported(runtime: Runtime, request: TransferRequest, name: str,
                  backend: str) -> str | None:
+    paced = pacing_unsupported(runtime, load_method(name))
+    if paced:
+        return paced
     if name == "zfs_send":
         return _zfs_send_unsupported(runtime, request, backend)
     return load_method(name).unsupported_reason(runtime, request, backend)

@@ -15,7 +15,9 @@ _HEADLINE_KEYS = ("source_lock_ms", "source_replication_paused_ms", "bytes_trans
                   "target_downtime_ms", "time_to_caught_up_ms", "verify_ms",
                   "snapshot_drop_ms", "buffer_pool_dump", "buffer_pool_loaded",
                   "buffer_pool_load_status", "dirty_pages_before", "dirty_pages_after",
-                  "preflush_outcome", "preflush_reason")
+                  "preflush_outcome", "preflush_reason",
+                  # the latency throttle: its state (live, then final) and what it cost
+                  "pacing", "pacing_cost_s")
 
 #: How often a running copy writes its progress into the journal, for ``show``.
 PROGRESS_JOURNAL_INTERVAL_S = 5.0

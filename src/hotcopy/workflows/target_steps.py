@@ -30,6 +30,7 @@ from hotcopy.transfer.base import (
     method_for,
     unless_deposed,
 )
+from hotcopy.workflows import pacing
 from hotcopy.workflows.report import ProgressRecorder
 from hotcopy.workflows.runner import StepContext
 
@@ -86,8 +87,8 @@ def serve(ctx: StepContext) -> dict[str, Any]:
     ctx.push(f"transfer.{method.name}.stop", {"server": handle.server, **handle.params})
     method.serve(ctx.runtime, request, handle)
     ctx.live["transfer"] = (method, handle)
-    return {"transfer_method": method.name, "_detail": f"{method.name} on "
-            f"{request.source_address}:{handle.params.get('port')}"}
+    return {"transfer_method": method.name, **pacing.measure_baseline(ctx),
+            "_detail": f"{method.name} on {request.source_address}:{handle.params.get('port')}"}
 
 
 class SpaceGuard:
@@ -219,7 +220,7 @@ def pull(ctx: StepContext) -> dict[str, Any]:
                        unless_deposed(request, "stopping a copy that fills the target",
                                       lambda: kill_marked(executor, ctx.job_id)), remaining)
     try:
-        with guard:
+        with guard, pacing.paced(ctx, method, handle, lambda: done_bytes[0]) as throttle:
             result = method.pull(ctx.runtime, request, handle, on_progress)
     except SnapshotUnusable:
         raise
@@ -240,12 +241,14 @@ def pull(ctx: StepContext) -> dict[str, Any]:
     # The rate of everything copied, as the progress bar counts it (not only the literal
     # data rsync sent), so the step's figure and the bar's final one agree.
     rate = result.bytes_transferred / result.seconds if result.seconds else 0
+    paced = pacing.outputs(throttle, result.seconds, result.bytes_transferred)
     return {"bytes_transferred": result.bytes_transferred, "literal_bytes": result.literal_bytes,
             "files_transferred": result.files_transferred, "transfer_s": result.seconds,
-            "transfer_attempts": result.attempts,
+            "transfer_attempts": result.attempts, **paced,
             "_detail": f"{human_bytes(result.bytes_transferred)} in "
                        f"{result.files_transferred} files ({human_bytes(result.literal_bytes)} "
-                       f"sent), {human_bytes(rate)}/s"}
+                       f"sent), {human_bytes(rate)}/s"
+                       + (f"; {paced.pop('_pacing')}" if paced else "")}
 
 
 def drop_snapshot(ctx: StepContext) -> dict[str, Any]:

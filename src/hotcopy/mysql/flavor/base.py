@@ -207,6 +207,12 @@ def get_global(variable: str) -> Statement:
     return (f"SELECT @@GLOBAL.{variable} AS value", ())
 
 
+def latency_probe() -> Statement:
+    """The latency throttle's probe: a read through InnoDB from the buffer pool, as cheap
+    as a client's point select, on a table every MariaDB and MySQL has."""
+    return ("SELECT 1 FROM mysql.innodb_table_stats LIMIT 1", ())
+
+
 def kill_connection(thread_id: int) -> Statement:
     return ("KILL CONNECTION %s", (int(thread_id),))
 

@@ -1,0 +1,126 @@
+"""The latency throttle, wired into a clone: the baseline before the copy, the pace during it.
+
+The baseline is taken at the end of ``serve``, the last moment before the copy reads the
+snapshot, and journaled with that step, so a resumed copy is held to the same figure
+as the first attempt (a baseline taken while a half-done copy ran would be no baseline).
+transfer.throttle says how the rate is decided; this module gives it its probe (the
+source, on its own session), its actuator (the method's ``set_rate``, fenced like every
+other change a controller makes on a host) and its reports (job info, the bar).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+from hotcopy.mysql.connection import Connection
+from hotcopy.mysql.flavor.base import latency_probe
+from hotcopy.mysql.server import Server
+from hotcopy.transfer.base import PacedMethod, ServerHandle, TransferMethod
+from hotcopy.transfer.throttle import (
+    PROBE_TIMEOUT_S,
+    Baseline,
+    LatencyThrottle,
+    PacingStatus,
+)
+from hotcopy.workflows.runner import StepContext
+
+log = logging.getLogger(__name__)
+
+#: Job info about the pace is journaled at most this often (and at the end of the copy).
+STATUS_JOURNAL_INTERVAL_S = 5.0
+
+
+class SourceProbe:
+    """The probe query on a session of its own, reopened after a failure."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._session: Connection | None = None
+
+    def __call__(self) -> float:
+        sql, args = latency_probe()
+        try:
+            if self._session is None:  # (re)connecting is not what the probe times
+                self._session = self._server.new_session(read_timeout=PROBE_TIMEOUT_S)
+            began = time.perf_counter()
+            self._session.query(sql, args)
+            return time.perf_counter() - began
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+def factor(ctx: StepContext) -> float | None:
+    return ctx.runtime.config.transfer.max_source_latency_factor
+
+
+def measure_baseline(ctx: StepContext) -> dict[str, Any]:
+    """Step outputs: the probe's latency on the source before the copy (none unpaced)."""
+    if factor(ctx) is None:
+        return {}
+    probe = SourceProbe(ctx.runtime.server(ctx.params["source"]))
+    try:
+        baseline = Baseline.measure(probe)
+    finally:
+        probe.close()
+    log.info("source probe latency before the copy: median %.2f ms, p90 %.2f ms",
+             baseline.median_s * 1e3, baseline.p90_s * 1e3)
+    return {"latency_baseline": baseline.as_dict()}
+
+
+@contextlib.contextmanager
+def paced(ctx: StepContext, method: TransferMethod, handle: ServerHandle,
+          done_bytes: Callable[[], int]) -> Iterator[LatencyThrottle | None]:
+    """The throttle running for the duration of the copy, or None when it is off."""
+    wanted = factor(ctx)
+    if wanted is None or not hasattr(method, "set_rate") or "latency_baseline" not in ctx.state:
+        yield None
+        return
+    paced_method = cast(PacedMethod, method)
+    config = ctx.runtime.config.transfer
+    probe = SourceProbe(ctx.runtime.server(ctx.params["source"]))
+    journaled = [0.0]
+
+    def set_rate(rate: float | None) -> None:
+        if ctx.may_act("pacing the copy"):
+            paced_method.set_rate(ctx.runtime, handle, rate)
+
+    def on_status(status: PacingStatus) -> None:
+        ctx.reporter.pacing(status.summary())
+        now = time.monotonic()
+        if now - journaled[0] >= STATUS_JOURNAL_INTERVAL_S:
+            journaled[0] = now
+            ctx.info(pacing=status.as_dict())
+
+    throttle = LatencyThrottle(
+        probe, Baseline.from_dict(ctx.state["latency_baseline"]), wanted, set_rate, done_bytes,
+        floor_bytes_s=config.throttle_floor_kbps * 1024,
+        ceiling_bytes_s=config.bwlimit_kbps * 1024 if config.bwlimit_kbps else None,
+        on_status=on_status)
+    try:
+        with throttle:
+            yield throttle
+    finally:
+        probe.close()
+        ctx.info(pacing=throttle.status.as_dict())
+
+
+def outputs(throttle: LatencyThrottle | None, seconds: float, copied: int) -> dict[str, Any]:
+    """What the pull step reports about the pace, and what it cost: the copy's time
+    against the same bytes at the fastest rate the copy reached."""
+    if throttle is None:
+        return {}
+    status = throttle.status
+    cost = max(0.0, seconds - copied / status.peak_bytes_s) if status.peak_bytes_s else None
+    return {"pacing": status.as_dict(), "pacing_cost_s": None if cost is None else round(cost, 1),
+            "_pacing": f"paced {status.decreases}x down, {status.increases}x up; cost "
+                       + ("unknown" if cost is None else f"~{cost:.1f}s")}
