@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE_CHOICES = ("baseline", "hotcopy", "hotcopy_nopreflush", "mariabackup", "floor",
-                    "method", "hotcopy_etcd")
+                    "method", "hotcopy_etcd", "hotcopy_throttled")
 JOURNAL_CHOICES = ("sqlite", "etcd")
 REQUIRED_TOOLS = ("sysbench", "mariabackup", "mbstream", "tar", "rsync", "mkfs.btrfs")
 
@@ -50,6 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="journals to clone with (comma list of sqlite, etcd; default "
                         "sqlite). etcd starts a 3-member etcd on loopback and adds the "
                         "pipeline hotcopy_etcd, interleaved with hotcopy (SQLite)")
+    parser.add_argument("--latency-factor", type=float, default=1.5,
+                        help="transfer.max_source_latency_factor of the pipeline "
+                        "hotcopy_throttled, the clone paced by the source's latency "
+                        "(default 1.5, the issue's goal for the read p99)")
     parser.add_argument("--quick", action="store_true",
                         help="small data and few runs, to check the harness itself")
     parser.add_argument("--write-rate", type=int, default=40,
@@ -87,7 +91,13 @@ def options_from(args: argparse.Namespace) -> Options:
                    transfers=transfers, write_rate=args.write_rate, read_rate=args.read_rate,
                    baseline_s=args.baseline_s or (8 if args.quick else 20),
                    workdir=run_dir, quick=args.quick, keep=args.keep, skip=skip,
-                   journals=journals)
+                   journals=journals, latency_factor=_latency_factor(args.latency_factor))
+
+
+def _latency_factor(value: float) -> float:
+    if not 1 < value <= 100:  # what transfer.max_source_latency_factor accepts
+        raise SystemExit(f"--latency-factor: {value} is not in (1, 100]")
+    return value
 
 
 def parse_journals(text: str) -> list[str]:

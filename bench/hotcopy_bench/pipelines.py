@@ -92,6 +92,10 @@ def summarize_clone(doc: dict[str, Any], start: float, exited: float) -> dict[st
         "buffer_pool_loaded": doc.get("buffer_pool_loaded"),
         "buffer_pool_loaded_n": (None if doc.get("buffer_pool_loaded") is None
                                  else int(bool(doc.get("buffer_pool_loaded")))),
+        # the latency throttle (hotcopy_throttled): what it did and what it cost
+        "pacing_cost_s": doc.get("pacing_cost_s"),
+        "pacing_decreases": (doc.get("pacing") or {}).get("decreases"),
+        "pacing_peak_mb_s": ((doc.get("pacing") or {}).get("peak_bytes_s") or 0) / 1e6 or None,
         "steps_ms": {name: step.get("ms") for name, step in steps.items()},
         "copy_window": ([pull["started"], pull["ended"]]
                         if pull.get("started") and pull.get("ended") else None),

@@ -10,6 +10,7 @@ from bench.hotcopy_bench import stats
 from bench.hotcopy_bench.aggregate import (
     CLONES,
     ETCD_PIPELINE,
+    THROTTLED_PIPELINE,
     Group,
     Verdict,
     group,
@@ -21,6 +22,7 @@ PIPELINE_NAMES = {
     "hotcopy": "hotcopy (pre-flush on)",
     "hotcopy_nopreflush": "hotcopy (pre-flush off)",
     ETCD_PIPELINE: "hotcopy (pre-flush on), etcd journal",
+    THROTTLED_PIPELINE: "hotcopy, latency throttle on",
     "mariabackup": "mariabackup stream + prepare + move-back",
     "floor": "raw copy floor (tar | tar, cold cache)",
     "baseline": "no clone (baseline)",
@@ -94,7 +96,8 @@ def _setup(doc: dict[str, Any]) -> str:
 def _summary(size: int, by: dict[str, Group]) -> str:
     floor = by["floor"].get("e2e_s") if "floor" in by else None
     rows = []
-    order = [*CLONES, ETCD_PIPELINE, *sorted(p for p in by if p.startswith("method:")), "floor"]
+    order = [*CLONES, ETCD_PIPELINE, THROTTLED_PIPELINE,
+             *sorted(p for p in by if p.startswith("method:")), "floor"]
     for pipeline in order:
         g = by.get(pipeline)
         if g is None:
@@ -120,7 +123,7 @@ def _impact(by: dict[str, Group]) -> str:
     base_p99 = base.get("source_read_p99_ms") if base else None
     base_tps = base.get("master_tps") if base else None
     rows = []
-    for pipeline in ["baseline", *CLONES, "floor"]:
+    for pipeline in ["baseline", *CLONES, THROTTLED_PIPELINE, "floor"]:
         g = by.get(pipeline)
         if g is None:
             continue
@@ -236,6 +239,36 @@ def _journals(doc: dict[str, Any], groups: dict[int, dict[str, Group]]) -> str:
                         "x SQLite", "source_lock_ms", "source_replication_paused_ms"], rows))
 
 
+def _throttle(doc: dict[str, Any], groups: dict[int, dict[str, Group]]) -> str:
+    """The clone with transfer.max_source_latency_factor beside the default one."""
+    factor = (doc.get("options") or {}).get("latency_factor")
+    rows = []
+    for size in sorted(groups):
+        by = groups[size]
+        base = by.get("baseline")
+        base_p99 = base.get("source_read_p99_ms") if base else None
+        hot = by.get("hotcopy")
+        for pipeline in ("hotcopy", THROTTLED_PIPELINE):
+            g = by.get(pipeline)
+            if g is None:
+                continue
+            rows.append([stats.size_label(size), pipeline_name(pipeline), g.ok,
+                         num(g.get("e2e_s")),
+                         num(stats.ratio(g.get("e2e_s"), hot.get("e2e_s") if hot else None), 2),
+                         num(g.get("transfer_mb_s"), 0),
+                         f"{num(g.get('source_read_p99_copy_ms'), 1)} / "
+                         f"{num(g.get('source_read_p99_rest_ms'), 1)}",
+                         num(stats.ratio(g.get("source_read_p99_ms"), base_p99), 2),
+                         num(g.get("pacing_decreases"), 0), num(g.get("pacing_cost_s"), 1)])
+    return (f"`transfer.max_source_latency_factor = {factor}`: the copy (stream, the only "
+            "method that can change its rate while it runs) is paced by AIMD on the "
+            "source's probe latency. Cost as hotcopy reports it: the copy's time against "
+            "the same bytes at its fastest rate.\n\n"
+            + md_table(["size", "pipeline", "runs", "end-to-end s", "x default", "copy MB/s",
+                        "source read p99 ms while copying / rest", "p99 x baseline",
+                        "slow-downs", "cost reported s"], rows))
+
+
 def _where_time_goes(groups: dict[int, dict[str, Group]], verdicts: list[Verdict]) -> str:
     notes: list[str] = []
     missed = {v.target for v in verdicts if v.met is False}
@@ -289,6 +322,8 @@ def render(doc: dict[str, Any]) -> str:
                   f"### {label}: the shard while each pipeline runs", _impact(groups[size])]
     if journal_comparison(groups):
         parts += ["## Journal: etcd against SQLite", _journals(doc, groups)]
+    if any(THROTTLED_PIPELINE in by for by in groups.values()):
+        parts += ["## Latency throttle on and off", _throttle(doc, groups)]
     parts += ["## hotcopy step by step", _steps(groups),
               "## Target start (InnoDB crash recovery) with and without the pre-flush",
               _preflush(groups),

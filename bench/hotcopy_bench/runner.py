@@ -49,6 +49,8 @@ class Options:
     #: Journals the hotcopy pipeline runs with; "etcd" adds the interleaved pipeline
     #: "hotcopy_etcd" (same clone, journal in a 3-member etcd on this host).
     journals: list[str] = field(default_factory=lambda: ["sqlite"])
+    #: transfer.max_source_latency_factor of the pipeline "hotcopy_throttled".
+    latency_factor: float = 1.5
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Harness:
         self.configs: dict[bool, Path] = {}
         self.etcd: EtcdCluster | None = None
         self.etcd_config: Path | None = None
+        self.throttled_config: Path | None = None
 
     # -- the run -------------------------------------------------------------------
 
@@ -94,6 +97,9 @@ class Harness:
                                               preflush=True),
                 False: self.shard.write_config(self.options.workdir / "no-preflush.toml",
                                                preflush=False)}
+            self.throttled_config = self.shard.write_config(
+                self.options.workdir / "throttled.toml", preflush=True,
+                latency_factor=self.options.latency_factor)
             if "etcd" in self.options.journals:
                 self._etcd_up()
             for size in self.options.sizes:
@@ -161,6 +167,8 @@ class Harness:
                                                              f"hotcopy-etcd-{tag}")),
             ("hotcopy_nopreflush", lambda: pipelines.hotcopy_clone(
                 self.configs[False], None, logs, f"hotcopy-nopreflush-{tag}")),
+            ("hotcopy_throttled", lambda: pipelines.hotcopy_clone(
+                self._throttled_config(), None, logs, f"hotcopy-throttled-{tag}")),
             ("mariabackup", lambda: mariabackup_clone(self.shard, logs, f"mariabackup-{tag}")),
             ("floor", lambda: pipelines.raw_copy(self.shard, logs)),
         ]
@@ -173,6 +181,11 @@ class Harness:
             return
         for method in self._extra_methods():
             yield f"method:{method}", self._method_action(method, logs, tag)
+
+    def _throttled_config(self) -> Path:
+        if self.throttled_config is None:
+            raise pipelines.PipelineError("no config for the throttled clone")
+        return self.throttled_config
 
     def _etcd_config(self) -> Path:
         if self.etcd_config is None:

@@ -145,19 +145,23 @@ class Shard:
         return self.sandbox_info.datadir(name)
 
     def write_config(self, path: Path, *, preflush: bool,
-                     etcd_endpoints: list[str] | None = None) -> Path:
+                     etcd_endpoints: list[str] | None = None,
+                     latency_factor: float | None = None) -> Path:
         """The sandbox's hotcopy.toml plus the bench's [clone] settings.
 
         verify = "catchup": the end-to-end time is measured to a caught-up target, as
         for mariabackup; a checksum verify would add a second source pause that no
         alternative pays. With ``etcd_endpoints`` the journal is etcd instead of the
-        sandbox's SQLite file (the sandbox's own state is unaffected).
+        sandbox's SQLite file (the sandbox's own state is unaffected). With
+        ``latency_factor`` the copy is paced by the latency throttle.
         """
         text = self.sandbox_info.config_path.read_text()
         if etcd_endpoints:
             text = with_etcd_journal(text, etcd_endpoints)
         text += ("\n[clone]\nverify = \"catchup\"\n"
                  f"preflush_dirty_pages = {'true' if preflush else 'false'}\n")
+        if latency_factor is not None:
+            text += f"\n[transfer]\nmax_source_latency_factor = {latency_factor}\n"
         path.write_text(text)
         path.chmod(0o600)
         return path

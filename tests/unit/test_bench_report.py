@@ -171,3 +171,30 @@ def test_read_log_windows(tmp_path: Any) -> None:
     service, response, failed = load.between(10.5, 12.6)
     assert (service, response, failed) == ([50.0, 60.0], [51.0, 61.0], 1)
     assert load.between(0, 100)[0] == [1.0, 50.0, 60.0, 2.0]
+
+
+def test_the_throttled_clone_is_judged_on_the_read_p99_and_its_cost_reported() -> None:
+    doc = _doc(30, 30, 20, 18, 40, 10, 8)
+    doc["options"]["latency_factor"] = 1.5
+    for run in (1, 2, 3):
+        paced = {**_clone(30.0, 14.0, 150.0), "pacing_decreases": 4, "pacing_cost_s": 9.5}
+        doc["records"].append(_record(GIB, aggregate.THROTTLED_PIPELINE, run, paced,
+                                      {"source_read_p99_ms": 11.0, "master_tps": 40.0}))
+    verdicts = _verdicts(doc)
+    p99 = verdicts[("source read p99 with the latency throttle vs without clone", "1G")]
+    assert p99.met is True and "11.00 ms / 8.00 ms = 1.38 x" in p99.measured
+    cost = verdicts[("the throttle's cost: end-to-end throttled / default", "1G")]
+    assert "30.0 s / 20.0 s = 1.50 x" in cost.measured
+    assert ("source read p99 with the latency throttle vs without clone", "4G") not in verdicts
+    text = report.render(doc)
+    assert "## Latency throttle on and off" in text
+    assert "| 1G | hotcopy, latency throttle on | 3 | 30.0 | 1.50 |" in text
+    assert "max_source_latency_factor = 1.5" in text
+
+
+def test_summarize_clone_carries_what_the_throttle_did() -> None:
+    doc = {"state": "committed", "steps": [], "pacing_cost_s": 2.5,
+           "pacing": {"decreases": 3, "peak_bytes_s": 40e6}}
+    figures = summarize_clone(doc, 0.0, 10.0)
+    assert (figures["pacing_cost_s"], figures["pacing_decreases"],
+            figures["pacing_peak_mb_s"]) == (2.5, 3, 40.0)
