@@ -85,6 +85,7 @@ class CloneConfig(_Strict):
     verify_timeout_s: float = Field(default=1800, gt=0,
                                     description="bound of the checksum phase of verify")
     keep_old_datadir: bool = False
+    delta: Literal["off", "auto", "on"] = "off"
     free_space_margin: float = Field(default=0.10, ge=0, le=5)
     start_timeout_s: float = Field(default=300, gt=0)
     # Warm target (issue 13): the source's buffer pool list travels with the snapshot.

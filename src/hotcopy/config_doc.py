@@ -64,6 +64,9 @@ EXPLAINED: dict[str, str] = {
     "clone.verify": "checksum: compare table checksums with the source (a second short "
                     "pause of its SQL thread); catchup: only wait for catch-up",
     "clone.keep_old_datadir": "keep the target's old datadir after the commit",
+    "clone.delta": "on: the staging directory starts as a writable btrfs snapshot of the "
+                   "target's own datadir and rsync ships only the blocks that differ; auto: "
+                   "so when it pays (README: delta re-seed); off: a full copy",
     "clone.free_space_margin": "free space the target needs beyond the data, as a fraction",
     "clone.start_timeout_s": "longest the target's mysqld may take to start (crash "
                              "recovery included)",

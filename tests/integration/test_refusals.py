@@ -410,6 +410,14 @@ def test_latency_throttle_with_a_method_that_cannot_change_its_rate(
            "transfer.max_source_latency_factor needs (the stream method can)", config=path)
 
 
+def test_delta_reseed_with_a_method_that_ships_whole_files(
+        shard: SandboxInfo, tmp_path: Path) -> None:
+    path = edited_config(shard, tmp_path, {}, append=(
+        '\n[transfer]\nmethod = "stream"\n\n[clone]\ndelta = "on"\n'))
+    refuse(shard, "replica1", "replica2", 'clone.delta = "on" cannot be honoured',
+           "the stream method ships whole files", 'set clone.delta = "auto"', config=path)
+
+
 def test_clone_refused_while_another_job_holds_the_servers(shard: SandboxInfo) -> None:
     config, known = shard.config_path, known_jobs(shard)
     killed = clone(config, "replica1", "replica2", "--yes",

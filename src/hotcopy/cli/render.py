@@ -25,6 +25,9 @@ from hotcopy.progress import (
 
 log = logging.getLogger(__name__)
 
+#: Preflight findings that say how the clone will run; the plan shows them.
+PLAN_CHOICES = ("transfer.method", "clone.delta")
+
 
 def _state(state: str) -> str:
     colour = {"committed": "green", "rolled-back": "yellow", "failed": "yellow",
@@ -50,6 +53,9 @@ def _render_plan(plan: dict[str, Any], steps: list[Any], as_json: bool) -> None:
         out_console.print(f"to ship: {human_bytes(facts['ship_bytes'])} in {facts['ship_files']} "
                           f"files; {how}{method}; target free: "
                           f"{human_bytes(facts.get('target_free_bytes', 0))}")
+    for finding in plan["findings"]:  # the choices the clone will make, and why
+        if finding["severity"] == "info" and finding.get("check") in PLAN_CHOICES:
+            out_console.print(escape(finding["message"]))
     problems = [f for f in plan["findings"] if f["severity"] in ("error", "warning")]
     for finding in problems:
         colour = {"error": "red", "warning": "yellow"}[finding["severity"]]

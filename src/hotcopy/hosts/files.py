@@ -24,7 +24,7 @@ def _fstype(executor: Executor, path: str) -> str:
     return executor.run(["stat", "-f", "-c", "%T", path]).stdout.strip()
 
 
-def _is_subvolume(executor: Executor, path: str) -> bool:
+def is_subvolume(executor: Executor, path: str) -> bool:
     if _fstype(executor, path) != "btrfs":
         return False
     return executor.run(["stat", "-c", "%i", path]).stdout.strip() == "256"
@@ -57,7 +57,7 @@ def remove_tree(executor: Executor, path: str) -> None:
         return
     if not executor.exists(path):
         return
-    if _is_subvolume(executor, path):
+    if is_subvolume(executor, path):
         executor.run(["btrfs", "subvolume", "delete", path], timeout=3600)
     else:
         executor.run(["rm", "-rf", "--one-file-system", path], timeout=3600)

@@ -108,6 +108,9 @@ class TransferRequest:
     #: unless_deposed.
     may_act: Callable[[str], bool] = field(default=lambda what: True, repr=False,
                                            compare=False)
+    #: A delta re-seed: the destination starts as a snapshot of the target's datadir
+    #: (workflows.preflight_delta); rsync must compare every file and delete the rest.
+    delta: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items()

@@ -103,7 +103,7 @@ def write_lists(runtime: Runtime, request: TransferRequest, directory: str) -> l
     stream ships only what a single rsync would have shipped.
     """
     parallel = runtime.config.transfer.parallel
-    if parallel <= 1:
+    if parallel <= 1 or request.delta:  # a delta needs one recursive rsync: --delete
         return None
     entries = shippable(list_tree(runtime.executor(request.source), request.source_path),
                         request.excludes)
@@ -120,6 +120,11 @@ def client_commands(base: Sequence[str], request: TransferRequest, source_url: s
     """One rsync per list (or one recursive rsync); the bandwidth limit shared among them."""
     streams = len(lists) if lists else 1
     argv = list(base)
+    if request.delta:
+        # Size and mtime say nothing across two servers (both replicas write the same
+        # table within the same second): compare every file block by block. And what the
+        # source does not ship must not stay from the target's old data, excluded or not.
+        argv += ["--ignore-times", "--delete-excluded"]
     if request.bwlimit_kbps:
         argv.append(f"--bwlimit={max(1, request.bwlimit_kbps // streams)}")
     destination = request.destination.rstrip("/") + "/"

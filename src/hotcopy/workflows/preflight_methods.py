@@ -53,8 +53,12 @@ def check(report: Preflight, runtime: Runtime, source: str, target: str,
             reason = _no_free_port(runtime, request, name)
         if reason is None:
             report.facts["transfer_method"] = name
+            passed = f"; {'; '.join(reasons)}" if reasons else ""
             report.info("transfer.method", f"transfer: {name}"
-                        + (" (chosen by auto)" if wanted == "auto" else ""))
+                        + (f" (auto: the first that fits{passed})" if wanted == "auto" else ""))
+            from hotcopy.workflows import preflight_delta  # late: it imports preflight
+
+            preflight_delta.check(report, runtime, source, target)
             return
         reasons.append(f"{name}: {reason}")
     if wanted == "auto":

@@ -49,8 +49,14 @@ def prepare_target(ctx: StepContext) -> dict[str, Any]:
     target = ctx.params["target"]
     path = staging_path(ctx)
     ctx.push("host.remove_tree", {"server": target, "path": path})
-    files.make_directory(ctx.runtime.executor(target), path,
-                         like=ctx.runtime.config.server(target).datadir)
+    executor = ctx.runtime.executor(target)
+    datadir = ctx.runtime.config.server(target).datadir
+    if ctx.state.get("delta"):
+        if not executor.exists(path):  # (a resumed job keeps what its pull already fixed)
+            # Writable, and a subvolume of its own: the datadir is never written.
+            executor.run(["btrfs", "subvolume", "snapshot", datadir, path])
+        return {"staging": path, "_detail": f"{path} (delta: a snapshot of {datadir})"}
+    files.make_directory(executor, path, like=datadir)
     return {"staging": path, "_detail": path}
 
 
@@ -65,7 +71,7 @@ def _request(ctx: StepContext) -> TransferRequest:
         excludes=list(ctx.state["excludes"]), expected_bytes=ctx.state.get("ship_bytes"),
         bwlimit_kbps=config.transfer.bwlimit_kbps, timeout_s=config.transfer.timeout_s,
         retries=config.transfer.retries, before_retry=_fenced_retry(ctx),
-        may_act=ctx.may_act)
+        may_act=ctx.may_act, delta=bool(ctx.state.get("delta")))
 
 
 def _fenced_retry(ctx: StepContext) -> Callable[[int], None]:
