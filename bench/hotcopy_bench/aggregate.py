@@ -26,6 +26,8 @@ CLONES = ("hotcopy", "hotcopy_nopreflush", "mariabackup")
 ETCD_PIPELINE = "hotcopy_etcd"
 #: The same clone paced by the latency throttle (transfer.max_source_latency_factor).
 THROTTLED_PIPELINE = "hotcopy_throttled"
+#: Delta re-seeds of a target made 1 % and 10 % stale (bench/hotcopy_bench/delta.py).
+DELTA_PIPELINES = ("hotcopy_delta_1pct", "hotcopy_delta_10pct")
 
 
 @dataclass

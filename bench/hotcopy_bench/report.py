@@ -9,6 +9,7 @@ from typing import Any
 from bench.hotcopy_bench import stats
 from bench.hotcopy_bench.aggregate import (
     CLONES,
+    DELTA_PIPELINES,
     ETCD_PIPELINE,
     THROTTLED_PIPELINE,
     Group,
@@ -23,6 +24,8 @@ PIPELINE_NAMES = {
     "hotcopy_nopreflush": "hotcopy (pre-flush off)",
     ETCD_PIPELINE: "hotcopy (pre-flush on), etcd journal",
     THROTTLED_PIPELINE: "hotcopy, latency throttle on",
+    "hotcopy_delta_1pct": "hotcopy delta re-seed, target 1 % stale",
+    "hotcopy_delta_10pct": "hotcopy delta re-seed, target 10 % stale",
     "mariabackup": "mariabackup stream + prepare + move-back",
     "floor": "raw copy floor (tar | tar, cold cache)",
     "baseline": "no clone (baseline)",
@@ -96,7 +99,7 @@ def _setup(doc: dict[str, Any]) -> str:
 def _summary(size: int, by: dict[str, Group]) -> str:
     floor = by["floor"].get("e2e_s") if "floor" in by else None
     rows = []
-    order = [*CLONES, ETCD_PIPELINE, THROTTLED_PIPELINE,
+    order = [*CLONES, ETCD_PIPELINE, THROTTLED_PIPELINE, *DELTA_PIPELINES,
              *sorted(p for p in by if p.startswith("method:")), "floor"]
     for pipeline in order:
         g = by.get(pipeline)
@@ -239,6 +242,33 @@ def _journals(doc: dict[str, Any], groups: dict[int, dict[str, Group]]) -> str:
                         "x SQLite", "source_lock_ms", "source_replication_paused_ms"], rows))
 
 
+def _delta(groups: dict[int, dict[str, Group]]) -> str:
+    """Delta re-seeds of a stale target beside the full clone of the same round."""
+    rows = []
+    for size in sorted(groups):
+        by = groups[size]
+        full = by.get("hotcopy")
+        for pipeline in ("hotcopy", *DELTA_PIPELINES):
+            g = by.get(pipeline)
+            if g is None:
+                continue
+            sent = g.get("bytes_transferred")
+            rows.append([stats.size_label(size), pipeline_name(pipeline), g.ok,
+                         num(g.get("e2e_s")),
+                         num(stats.ratio(g.get("e2e_s"), full.get("e2e_s") if full else None),
+                             2),
+                         num(sent, 1, 1e-6),
+                         num(stats.ratio(sent, full.get("bytes_transferred") if full else None),
+                             3),
+                         num(g.get("transfer_s"), 1), num(g.get("rows_changed"), 0)])
+    return ("Each delta run follows the round's full clone (the target is a physical copy "
+            "of the source), stops the target's replication and rewrites a contiguous "
+            "share of every table's rows on the master; `clone.delta = \"on\"`. Bytes sent "
+            "are rsync's (data and checksums over the wire).\n\n"
+            + md_table(["size", "pipeline", "runs", "end-to-end s", "x full", "MB sent",
+                        "sent x full", "copy s", "rows rewritten"], rows))
+
+
 def _throttle(doc: dict[str, Any], groups: dict[int, dict[str, Group]]) -> str:
     """The clone with transfer.max_source_latency_factor beside the default one."""
     factor = (doc.get("options") or {}).get("latency_factor")
@@ -322,6 +352,8 @@ def render(doc: dict[str, Any]) -> str:
                   f"### {label}: the shard while each pipeline runs", _impact(groups[size])]
     if journal_comparison(groups):
         parts += ["## Journal: etcd against SQLite", _journals(doc, groups)]
+    if any(p in by for by in groups.values() for p in DELTA_PIPELINES):
+        parts += ["## Delta re-seed of a stale replica", _delta(groups)]
     if any(THROTTLED_PIPELINE in by for by in groups.values()):
         parts += ["## Latency throttle on and off", _throttle(doc, groups)]
     parts += ["## hotcopy step by step", _steps(groups),

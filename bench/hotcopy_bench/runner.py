@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.hotcopy_bench import machine, pipelines, stats
+from bench.hotcopy_bench import delta, machine, pipelines, stats
 from bench.hotcopy_bench.mariabackup import mariabackup_clone
 from bench.hotcopy_bench.monitor import Monitors
 from bench.hotcopy_bench.shard import Shard, drop_caches, image_size_for
@@ -80,6 +80,7 @@ class Harness:
         self.etcd: EtcdCluster | None = None
         self.etcd_config: Path | None = None
         self.throttled_config: Path | None = None
+        self.delta_config: Path | None = None
 
     # -- the run -------------------------------------------------------------------
 
@@ -100,6 +101,8 @@ class Harness:
             self.throttled_config = self.shard.write_config(
                 self.options.workdir / "throttled.toml", preflush=True,
                 latency_factor=self.options.latency_factor)
+            self.delta_config = self.shard.write_config(
+                self.options.workdir / "delta.toml", preflush=True, delta=True)
             if "etcd" in self.options.journals:
                 self._etcd_up()
             for size in self.options.sizes:
@@ -172,8 +175,13 @@ class Harness:
             ("mariabackup", lambda: mariabackup_clone(self.shard, logs, f"mariabackup-{tag}")),
             ("floor", lambda: pipelines.raw_copy(self.shard, logs)),
         ]
+        # Right after the full clone: the target is a physical copy of the source.
+        for name, fraction in reversed(delta.FRACTIONS.items()):
+            plan.insert(2, (name, self._delta_action(fraction, logs, f"{name}-{tag}")))
         if "etcd" not in opts.journals:
             plan = [(name, action) for name, action in plan if name != "hotcopy_etcd"]
+        if "hotcopy_delta" in opts.skip:
+            plan = [(name, action) for name, action in plan if name not in delta.FRACTIONS]
         yield from ((name, action) for name, action in plan if name not in opts.skip)
         if run > opts.method_runs or "method" in opts.skip:
             return
@@ -181,6 +189,18 @@ class Harness:
             return
         for method in self._extra_methods():
             yield f"method:{method}", self._method_action(method, logs, tag)
+
+    def _delta_action(self, fraction: float, logs: Path,
+                      tag: str) -> Callable[[], dict[str, Any]]:
+        def action() -> dict[str, Any]:
+            if self.delta_config is None:
+                raise pipelines.PipelineError("no config for the delta clone")
+            last = self.records[-1] if self.records else None
+            after_full = bool(last and last.ok and (last.pipeline == "hotcopy"
+                                                    or last.pipeline in delta.FRACTIONS))
+            return delta.stale_then_delta(self.shard, self.configs[True], self.delta_config,
+                                          fraction, logs, tag, after_full_clone=after_full)
+        return action
 
     def _throttled_config(self) -> Path:
         if self.throttled_config is None:

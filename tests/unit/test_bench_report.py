@@ -198,3 +198,22 @@ def test_summarize_clone_carries_what_the_throttle_did() -> None:
     figures = summarize_clone(doc, 0.0, 10.0)
     assert (figures["pacing_cost_s"], figures["pacing_decreases"],
             figures["pacing_peak_mb_s"]) == (2.5, 3, 40.0)
+
+
+def test_delta_reseeds_are_reported_against_the_full_clone() -> None:
+    doc = _doc(30, 30, 20, 18, 40, 10, 8)
+    for run in (1, 2, 3):
+        for pipeline, sent in (("hotcopy_delta_1pct", 2e7), ("hotcopy_delta_10pct", 1.5e8)):
+            figures = {**_clone(10.0, 14.0, 150.0), "bytes_transferred": sent,
+                       "rows_changed": 5000}
+            doc["records"].append(_record(GIB, pipeline, run, figures))
+        doc["records"][-1]["figures"]["e2e_s"] = 12.0
+    for record in doc["records"]:
+        if record["pipeline"] == "hotcopy" and record["ok"]:
+            record["figures"]["bytes_transferred"] = 1e9
+    text = report.render(doc)
+    assert "## Delta re-seed of a stale replica" in text
+    assert "| 1G | hotcopy delta re-seed, target 1 % stale | 3 | 10.0 | 0.50 | 20.0 | 0.020 |" \
+        in text
+    assert "| 1G | hotcopy delta re-seed, target 10 % stale | 3 | 12.0 | 0.60 | 150.0 | 0.150 |" \
+        in text
