@@ -45,6 +45,10 @@ LOAD_SETTINGS = {"innodb_flush_log_at_trx_commit": 2, "sync_binlog": 0}
 PREPARE_TIMEOUT_S = 3 * 3600
 
 
+#: The first table Shard.load creates (schema bench1, sysbench's sbtest1).
+PROBE_TABLE = "bench1.sbtest1"
+
+
 @dataclass
 class Table:
     schema: str
@@ -163,7 +167,10 @@ class Shard:
                  f"preflush_dirty_pages = {'true' if preflush else 'false'}\n"
                  + ('delta = "on"\n' if delta else ""))
         if latency_factor is not None:
-            text += f"\n[transfer]\nmax_source_latency_factor = {latency_factor}\n"
+            # The probe reads the first table the bench loads at random keys, as the
+            # bench's own readers do: it waits for the disk as they do.
+            text += (f"\n[transfer]\nmax_source_latency_factor = {latency_factor}\n"
+                     f'latency_probe_table = "{PROBE_TABLE}"\n')
         path.write_text(text)
         path.chmod(0o600)
         return path

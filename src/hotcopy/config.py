@@ -118,6 +118,10 @@ class TransferConfig(_Strict):
                     "of its baseline (stream method)")
     throttle_floor_kbps: int = Field(default=1024, gt=0,
                                      description="the paced copy never goes slower (KiB/s)")
+    latency_probe_table: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_$]{1,64}\.[A-Za-z0-9_$]{1,64}$",
+        description="schema.table with an integer primary key: the throttle's probe reads "
+                    "it at random keys, as the source's clients do")
     # rsync_ssh: the target logs into the source with these; the paths are on the target.
     ssh_user: str = Field(default="root", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     ssh_port: int | None = Field(default=None, ge=1, le=65535)

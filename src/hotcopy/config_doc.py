@@ -83,6 +83,10 @@ EXPLAINED: dict[str, str] = {
                                           "factor of its baseline; needs the stream method",
     "transfer.throttle_floor_kbps": "the slowest rate the latency throttle may pace the copy "
                                     "to, so that it always ends",
+    "transfer.latency_probe_table": "schema.table (integer primary key) the throttle's probe "
+                                    "reads at random keys, so it waits for the disk as the "
+                                    "source's clients do; default: a read of "
+                                    "mysql.innodb_table_stats, which sees CPU contention only",
     "transfer.ssh_user": "rsync_ssh: the user the target logs into the source as",
     "transfer.ssh_port": "rsync_ssh: the source's sshd port",
     "transfer.ssh_identity_file": "rsync_ssh: the key on the target",

@@ -372,15 +372,17 @@ class Stalls:
         os.kill(self.pid, signal.SIGCONT)
 
 
+@pytest.mark.parametrize("probe_table", [None, "app.orders"], ids=["default-probe", "table"])
 def test_latency_throttle_slows_the_copy_while_the_source_stalls(
-        clean: Shard, tmp_path: Path) -> None:
+        clean: Shard, tmp_path: Path, probe_table: str | None) -> None:
     # The copy is paced from its start (bwlimit, about 4 s of copy), so it cannot be over
     # before the throttle's first decision, 1 s in. The clone stops itself right before
     # the pull: the baseline was taken at the end of serve, on the undisturbed source.
     ceiling_kbps = max(1024, ship_bytes(clean.info, SOURCE) // 1024 // 4)
     config = clean.variant(tmp_path / "paced.toml",
                            f"[transfer]\nmax_source_latency_factor = 20\nzstd_level = 0\n"
-                           f"bwlimit_kbps = {ceiling_kbps}\nthrottle_floor_kbps = 1024\n")
+                           f"bwlimit_kbps = {ceiling_kbps}\nthrottle_floor_kbps = 1024\n"
+                           + (f'latency_probe_table = "{probe_table}"\n' if probe_table else ""))
     pid = control(clean.info, SOURCE).pid()
     assert pid is not None
     run = BackgroundClone(clean, config, env={"HOTCOPY_FAULT": "pause-before:pull"})

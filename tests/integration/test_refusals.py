@@ -410,6 +410,13 @@ def test_latency_throttle_with_a_method_that_cannot_change_its_rate(
            "transfer.max_source_latency_factor needs (the stream method can)", config=path)
 
 
+def test_latency_probe_table_without_an_integer_key(shard: SandboxInfo, tmp_path: Path) -> None:
+    path = edited_config(shard, tmp_path, {}, append=(
+        '\n[transfer]\nmax_source_latency_factor = 2\nlatency_probe_table = "app.missing"\n'))
+    refuse(shard, "replica1", "replica2", "transfer.latency_probe_table app.missing on replica1",
+           "needs a primary key of one integer column (no such table", config=path)
+
+
 def test_delta_reseed_with_a_method_that_ships_whole_files(
         shard: SandboxInfo, tmp_path: Path) -> None:
     path = edited_config(shard, tmp_path, {}, append=(

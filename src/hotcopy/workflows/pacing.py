@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
+from hotcopy.errors import HotcopyError
 from hotcopy.mysql.connection import Connection
-from hotcopy.mysql.flavor.base import latency_probe
+from hotcopy.mysql.flavor.base import (
+    Statement,
+    integer_primary_key,
+    key_range,
+    latency_probe,
+    point_read,
+)
 from hotcopy.mysql.server import Server
 from hotcopy.transfer.base import PacedMethod, ServerHandle, TransferMethod
 from hotcopy.transfer.throttle import (
@@ -34,15 +43,59 @@ log = logging.getLogger(__name__)
 STATUS_JOURNAL_INTERVAL_S = 5.0
 
 
+INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
+
+
+@dataclass(frozen=True)
+class ProbeTable:
+    """transfer.latency_probe_table, resolved on the source: its integer key and range."""
+
+    schema: str
+    table: str
+    column: str
+    low: int
+    high: int
+
+    @classmethod
+    def resolve(cls, server: Server, qualified: str) -> ProbeTable:
+        schema, _, table = qualified.partition(".")
+        key = server.query(integer_primary_key(schema, table))
+        if len(key) != 1 or str(key[0]["type"]).lower() not in INTEGER_TYPES:
+            raise HotcopyError(
+                f"transfer.latency_probe_table {qualified} on {server.name} needs a primary "
+                "key of one integer column" + ("" if key else " (no such table, or no "
+                                               "primary key)"),
+                hint="name a table clients read by an integer key, or leave the setting "
+                     "out to probe mysql.innodb_table_stats")
+        column = str(key[0]["name"])
+        bounds = server.one(key_range(schema, table, column)) or {}
+        if bounds.get("low") is None:
+            raise HotcopyError(f"transfer.latency_probe_table {qualified} on {server.name} "
+                               "is empty: there is nothing to probe",
+                               hint="name a table with rows")
+        return cls(schema, table, column, int(bounds["low"]), int(bounds["high"]))
+
+    def statement(self) -> Statement:
+        key = random.randint(self.low, self.high)  # noqa: S311 - a key to read, no secret
+        return point_read(self.schema, self.table, self.column, key)
+
+
 class SourceProbe:
     """The probe query on a session of its own, reopened after a failure."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, table: ProbeTable | None = None) -> None:
         self._server = server
+        self._table = table
         self._session: Connection | None = None
 
+    @classmethod
+    def for_clone(cls, ctx: StepContext) -> SourceProbe:
+        server = ctx.runtime.server(ctx.params["source"])
+        qualified = ctx.runtime.config.transfer.latency_probe_table
+        return cls(server, ProbeTable.resolve(server, qualified) if qualified else None)
+
     def __call__(self) -> float:
-        sql, args = latency_probe()
+        sql, args = latency_probe() if self._table is None else self._table.statement()
         try:
             if self._session is None:  # (re)connecting is not what the probe times
                 self._session = self._server.new_session(read_timeout=PROBE_TIMEOUT_S)
@@ -67,7 +120,7 @@ def measure_baseline(ctx: StepContext) -> dict[str, Any]:
     """Step outputs: the probe's latency on the source before the copy (none unpaced)."""
     if factor(ctx) is None:
         return {}
-    probe = SourceProbe(ctx.runtime.server(ctx.params["source"]))
+    probe = SourceProbe.for_clone(ctx)
     try:
         baseline = Baseline.measure(probe)
     finally:
@@ -87,7 +140,7 @@ def paced(ctx: StepContext, method: TransferMethod, handle: ServerHandle,
         return
     paced_method = cast(PacedMethod, method)
     config = ctx.runtime.config.transfer
-    probe = SourceProbe(ctx.runtime.server(ctx.params["source"]))
+    probe = SourceProbe.for_clone(ctx)
     journaled = [0.0]
 
     def set_rate(rate: float | None) -> None:

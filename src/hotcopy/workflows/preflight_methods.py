@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
+from hotcopy.errors import HotcopyError
 from hotcopy.remote import missing_tools
 from hotcopy.runtime import Runtime
 from hotcopy.snapshot import zfs
@@ -44,6 +45,7 @@ def check(report: Preflight, runtime: Runtime, source: str, target: str,
     _check_forced_snapshot(report, runtime, source)
     if report.errors:
         return
+    _check_probe_table(report, runtime, source)
     request = _request(runtime, source, target, report)
     names = load_all() if wanted == "auto" else [wanted]
     reasons: list[str] = []
@@ -71,6 +73,19 @@ def check(report: Preflight, runtime: Runtime, source: str, target: str,
                  + reasons[0].partition(": ")[2],
                  hint="choose another with --transfer (auto picks the first that fits), "
                       "or fix what is named above")
+
+
+def _check_probe_table(report: Preflight, runtime: Runtime, source: str) -> None:
+    """The throttle's probe table must be readable by key before the source is touched."""
+    transfer = runtime.config.transfer
+    if transfer.max_source_latency_factor is None or transfer.latency_probe_table is None:
+        return
+    from hotcopy.workflows.pacing import ProbeTable  # late: it imports the step runner
+
+    try:
+        ProbeTable.resolve(runtime.server(source), transfer.latency_probe_table)
+    except HotcopyError as exc:
+        report.error("transfer.latency_probe_table", exc.message, exc.hint)
 
 
 def _request(runtime: Runtime, source: str, target: str, report: Preflight) -> TransferRequest:

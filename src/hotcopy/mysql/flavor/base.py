@@ -213,6 +213,28 @@ def latency_probe() -> Statement:
     return ("SELECT 1 FROM mysql.innodb_table_stats LIMIT 1", ())
 
 
+def integer_primary_key(schema: str, table: str) -> Statement:
+    """The primary key's columns with their types: the table probe needs one integer."""
+    return ("SELECT k.COLUMN_NAME AS name, c.DATA_TYPE AS type FROM "
+            "information_schema.KEY_COLUMN_USAGE k JOIN information_schema.COLUMNS c "
+            "ON c.TABLE_SCHEMA = k.TABLE_SCHEMA AND c.TABLE_NAME = k.TABLE_NAME "
+            "AND c.COLUMN_NAME = k.COLUMN_NAME WHERE k.TABLE_SCHEMA = %s "
+            "AND k.TABLE_NAME = %s AND k.CONSTRAINT_NAME = 'PRIMARY'", (schema, table))
+
+
+def key_range(schema: str, table: str, column: str) -> Statement:
+    name = f"{quote_identifier(schema)}.{quote_identifier(table)}"
+    key = quote_identifier(column)
+    return (f"SELECT MIN({key}) AS low, MAX({key}) AS high FROM {name}", ())
+
+
+def point_read(schema: str, table: str, column: str, key: int) -> Statement:
+    """One row at or after KEY, through the primary key: a client's point select."""
+    name = f"{quote_identifier(schema)}.{quote_identifier(table)}"
+    column = quote_identifier(column)
+    return (f"SELECT * FROM {name} WHERE {column} >= %s ORDER BY {column} LIMIT 1", (key,))
+
+
 def kill_connection(thread_id: int) -> Statement:
     return ("KILL CONNECTION %s", (int(thread_id),))
 
