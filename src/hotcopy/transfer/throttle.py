@@ -209,4 +209,7 @@ class LatencyThrottle:
             self._set_rate(rate)
         except Exception:  # a pace not set now is set at the next interval
             log.warning("could not set the copy's rate", exc_info=True)
-        self._on_status(status)
+        try:
+            self._on_status(status)
+        except Exception:  # a report (a journal write) failing must not end the pacing
+            log.warning("could not report the copy's pace", exc_info=True)

@@ -164,7 +164,10 @@ def paced(ctx: StepContext, method: TransferMethod, handle: ServerHandle,
             yield throttle
     finally:
         probe.close()
-        ctx.info(pacing=throttle.status.as_dict())
+        try:
+            ctx.info(pacing=throttle.status.as_dict())
+        except HotcopyError as exc:  # never in place of what ended the copy
+            log.warning("the copy's pace was not journaled: %s", exc.message)
 
 
 def outputs(throttle: LatencyThrottle | None, seconds: float, copied: int) -> dict[str, Any]:
