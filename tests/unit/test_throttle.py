@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hotcopy.transfer.throttle import Aimd, Baseline, percentile
+from hotcopy.transfer.throttle import Aimd, Baseline, LatencyThrottle, percentile
 
 MB = 1_000_000
 rates = st.floats(min_value=0, max_value=2_000 * MB, allow_nan=False)
@@ -81,3 +81,19 @@ def test_the_pace_stays_between_floor_and_ceiling_and_reacts_in_the_right_direct
             assert rate == max(floor, bound / 2)
         elif before is not None:
             assert rate >= before
+
+
+def test_a_source_still_slow_with_the_copy_at_its_floor_is_called_not_the_copys_doing() -> None:
+    rates: list[float | None] = []
+    throttle = LatencyThrottle(lambda: 0.001, Baseline(0.001, 0.001, 30), 1.5, rates.append,
+                               lambda: 0, floor_bytes_s=1 * MB)
+    for _ in range(8):  # 100 ms against a 1.5 ms limit, every second: halve to the floor
+        throttle._decide(0.100, 100 * MB, 1.0, 0.0)
+    status = throttle.status
+    assert rates[-1] == 1 * MB and status.decreases == 7
+    assert 0 < status.over_at_floor_s < 10 and "not the copy's doing" not in status.summary()
+    for _ in range(10):
+        throttle._decide(0.100, 1 * MB, 1.0, 0.0)
+    assert status.over_at_floor_s >= 10 and "not the copy's doing" in status.summary()
+    throttle._decide(0.001, 1 * MB, 1.0, 0.0)  # within the limit again: the pace goes up
+    assert rates[-1] is not None and rates[-1] > 1 * MB and status.increases == 1

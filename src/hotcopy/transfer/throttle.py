@@ -34,6 +34,8 @@ BASELINE_SAMPLES = 30
 PROBE_TIMEOUT_S = 2.0
 DECREASE = 0.5
 INCREASE_FRACTION = 1 / 20
+#: Over the limit at the floor this long: say that the copy is not the cause.
+FLOOR_WARNING_S = 10.0
 #: Decisions kept in memory; the journal gets the last 20.
 HISTORY_KEPT = 600
 
@@ -116,6 +118,9 @@ class PacingStatus:
     decreases: int = 0
     increases: int = 0
     paced_s: float = 0.0
+    #: Seconds the source stayed over the limit while the copy already crawled at the
+    #: floor: then the copy is not what slows the source, and slower would not help.
+    over_at_floor_s: float = 0.0
     peak_bytes_s: float = 0.0
     history: list[tuple[float, float | None, float]] = field(default_factory=list)
 
@@ -129,7 +134,9 @@ class PacingStatus:
             f"paced to {self.rate_bytes_s / 1e6:.1f} MB/s"
         latency = "" if self.latency_p90_ms is None else \
             f", source p90 {self.latency_p90_ms:.1f} ms (limit {self.limit_ms:.1f})"
-        return f"{rate}{latency}"
+        floor = "" if self.over_at_floor_s < FLOOR_WARNING_S else \
+            f"; over the limit at the floor for {self.over_at_floor_s:.0f}s: not the copy's doing"
+        return f"{rate}{latency}{floor}"
 
 
 class LatencyThrottle:
@@ -196,6 +203,13 @@ class LatencyThrottle:
         status.peak_bytes_s = self.aimd.peak
         if rate is not None:
             status.paced_s += interval_s
+        if latency_s > self.limit_s and before is not None and before <= self.aimd.floor:
+            status.over_at_floor_s += interval_s
+            if status.over_at_floor_s >= FLOOR_WARNING_S > status.over_at_floor_s - interval_s:
+                log.warning("the source's latency stays over its limit (%.1f ms > %.1f ms) "
+                            "with the copy at its floor rate: something else slows the "
+                            "source, and a slower copy would only keep the snapshot longer",
+                            latency_s * 1e3, self.limit_s * 1e3)
         if rate is not None and (before is None or rate < before):
             status.decreases += 1
             log.info("source p90 latency %.2f ms over %.2f ms: copy paced to %.1f MB/s",
