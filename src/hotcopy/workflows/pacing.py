@@ -1,8 +1,9 @@
 """The latency throttle, wired into a clone: the baseline before the copy, the pace during it.
 
 The baseline is taken at the end of ``serve``, the last moment before the copy reads the
-snapshot, and journaled with that step, so a resumed copy is held to the same figure
-as the first attempt (a baseline taken while a half-done copy ran would be no baseline).
+snapshot, when none of the job's copy runs: a resume undoes ``serve`` (stopping what the
+first attempt left running) and serves again, so its baseline is taken with no copy
+running either. It is journaled with the step, so ``show`` can tell the limit.
 transfer.throttle says how the rate is decided; this module gives it its probe (the
 source, on its own session), its actuator (the method's ``set_rate``, fenced like every
 other change a controller makes on a host) and its reports (job info, the bar).
