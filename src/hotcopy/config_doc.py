@@ -35,7 +35,7 @@ EXPLAINED: dict[str, str] = {
     "journal.tls_cert_file": "etcd: client certificate",
     "journal.tls_key_file": "etcd: the client certificate's key",
     "clone.warm_target": "ship the source's buffer pool list and load it on the target, so "
-                         "it starts warm",
+                         "it starts warm (false: no list is shipped at all)",
     "clone.buffer_pool_dump_timeout_s": "longest the source's buffer pool dump may take",
     "clone.buffer_pool_load_wait_s": "how long to wait for the target's buffer pool load",
     "hooks.pre_clone": "argv run before a clone changes anything; failing aborts it (exit 2)",

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,14 +107,40 @@ def _show_text(info: SandboxInfo, job: str) -> str:
     return shown.stdout
 
 
+def _dump_buffer_pool_now(info: SandboxInfo, name: str) -> None:
+    def status() -> str:
+        return str(_session_scalar(info, name, "SELECT VARIABLE_VALUE FROM "
+                                   "information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = "
+                                   "'INNODB_BUFFER_POOL_DUMP_STATUS'"))
+
+    before = status()
+    pct = int(_session_scalar(info, name, "SELECT @@GLOBAL.innodb_buffer_pool_dump_pct"))
+    started = time.monotonic()
+    _sql(info, name, "SET GLOBAL innodb_buffer_pool_dump_pct = 100",
+         "SET GLOBAL innodb_buffer_pool_dump_now = ON")
+
+    def done() -> bool:
+        # The status names the second the dump completed: unchanged only when the
+        # previous one completed in that same second.
+        now = status()
+        return now.startswith("Buffer pool(s) dump completed") and (
+            now != before or time.monotonic() - started > 1.5)
+
+    try:
+        assert wait_for(done, timeout=30), f"{name}: buffer pool dump: {status()}"
+    finally:
+        _sql(info, name, f"SET GLOBAL innodb_buffer_pool_dump_pct = {pct}")
+
+
 def test_warm_target_holds_the_sources_hot_pages_cold_one_does_not(
         shard: tuple[SandboxInfo, Runtime], tmp_path: Path) -> None:
     info, _ = shard
-    # Cold first: no dump of this job's making is in the source's datadir yet, and
-    # the hot table is younger than any dump an earlier test's clone left there.
+    # Cold first, with a current list of the source's hot pages in its datadir (as its
+    # own shutdown or an earlier clone's dump leaves one): a cold clone must not ship it.
     _read_hot(info)
     source_pages = _hot_pages(info, SOURCE)
     assert source_pages > 100, "the hot table must be in the source's buffer pool"
+    _dump_buffer_pool_now(info, SOURCE)
     cold_config = _variant(info, tmp_path, '[clone]\nverify = "catchup"\nwarm_target = false')
     proc, cold = clone_json(info, SOURCE, TARGET, config=cold_config)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -350,6 +350,11 @@ def _check_source_files(report: Preflight, runtime: Runtime, src: Server, source
     excludes += file_excludes(datadir, [_variable_or_none(src, name) for name in
                                         ("master_info_file", "relay_log_info_file",
                                          "log_bin_index", "relay_log_index")])
+    if not runtime.config.clone.warm_target:
+        # Cold means cold: not whatever list the source's datadir holds (its last
+        # shutdown's, an earlier clone's dump), which the target would load at start.
+        excludes += file_excludes(datadir, [
+            _variable_or_none(src, "innodb_buffer_pool_filename") or "ib_buffer_pool"])
     report.facts["excludes"] = excludes
     listing = executor.run(["find", datadir, "-xdev", "-type", "f", "-printf", r"%P\t%s\n"],
                            timeout=600).stdout

@@ -71,7 +71,7 @@ def dump_buffer_pool(ctx: StepContext) -> dict[str, Any]:
     """Dump the source's buffer pool list now (bounded wait), so the snapshot has it."""
     config = ctx.runtime.config.clone
     if not config.warm_target:
-        return _skipped("clone.warm_target = false")
+        return _skipped("clone.warm_target = false: no buffer pool list is shipped")
     source = ctx.params["source"]
     server = ctx.runtime.server(source)
     shipped, why_not = _shipped_name(server, ctx.runtime.config.server(source).datadir)
