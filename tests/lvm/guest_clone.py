@@ -8,8 +8,10 @@ datadir the host installed beforehand (mariadb-install-db is slow under emulatio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -17,18 +19,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from guest_common import Results, leftovers, make_lv, mounts_matching, sh
+from guest_common import EX, VG, Results, leftovers, make_lv, mounts_matching, sh
 
 from hotcopy import loadgen
 from hotcopy.mysql import checksum, replication
 from hotcopy.mysql.connection import ServerAddress
 from hotcopy.mysql.server import Server
+from hotcopy.saga import SqliteJournal
 from hotcopy.sandbox import build
 from hotcopy.sandbox.layout import (
     ADMIN_CNF,
     ADMIN_USER,
     CONFIG_FILE,
     HOST,
+    JOURNAL_FILE,
     REPL_CNF,
     REPL_USER,
     SandboxState,
@@ -38,6 +42,7 @@ from hotcopy.sandbox.layout import (
     server_paths,
     write_secret_file,
 )
+from hotcopy.snapshot.lvm import find_volume, list_volumes
 
 SHARD = Path("/srv/shard")
 CONFIG = SHARD / CONFIG_FILE
@@ -163,6 +168,106 @@ def killed_and_rolled_back(facts: dict[str, Any], source: str, target: str) -> N
     facts["rollback"] = hotcopy("rollback", "--config", str(CONFIG), "--json", unfinished[0])
 
 
+#: The overflow part: a 40 MiB snapshot of replica1, and a copy slowed to 2 MiB/s, so the
+#: pull is still far from its end when the test stops it (it cannot go faster). A stream
+#: silent for 10 s counts as stalled: its watchdog kills it and the transfer would retry.
+OVERFLOW_SNAPSHOT_GIB = 0.04
+OVERFLOW_BWLIMIT_KBPS = 2048
+OVERFLOW_IO_TIMEOUT_S = 10
+OVERFLOW_FILL_MAX_MIB = 200
+
+
+def _overflow_config() -> Path:
+    header = "[servers.replica1]\n"
+    text = CONFIG.read_text().replace(
+        header, f"{header}lvm_snapshot_max_gib = {OVERFLOW_SNAPSHOT_GIB}\n")
+    path = SHARD / "overflow.toml"
+    path.write_text(f"{text}\n[transfer]\nbwlimit_kbps = {OVERFLOW_BWLIMIT_KBPS}\n"
+                    f"io_timeout_s = {OVERFLOW_IO_TIMEOUT_S}\n")
+    return path
+
+
+def _staged_bytes(target: str) -> int:
+    datadir = server_paths(SHARD, target).datadir
+    staged = list(datadir.parent.glob(f"{datadir.name}.hotcopy-new-*"))
+    if not staged:
+        return 0
+    return int(sh("du", "-sb", str(staged[0])).split()[0])
+
+
+def _rsync_pids(*, clients_only: bool = False) -> list[int]:
+    """rsync processes: the copy's clients (on the target), and with them the daemon's."""
+    out = subprocess.run(["pgrep", "-x", "rsync"], capture_output=True, text=True, check=False)
+    pids = []
+    for pid in map(int, out.stdout.split()):
+        with contextlib.suppress(OSError):
+            daemon = b"--daemon" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            if not (clients_only and daemon):
+                pids.append(pid)
+    return pids
+
+
+def _fill_origin_until_invalid(facts: dict[str, Any], source: str) -> None:
+    """Write into the source's filesystem (the snapshot's origin) until the snapshot breaks."""
+    snapshot = next(v.name for v in list_volumes(EX, VG) if v.lv.startswith("hotcopy-"))
+    facts["snapshot_size"] = find_volume(EX, snapshot).size  # type: ignore[union-attr]
+    fill = server_paths(SHARD, source).mnt / "overflow.fill"
+    facts["invalid_after_mib"] = None
+    with open(fill, "wb") as handle:
+        for mib in range(1, OVERFLOW_FILL_MAX_MIB + 1):
+            handle.write(os.urandom(2**20))
+            handle.flush()
+            os.fsync(handle.fileno())
+            volume = find_volume(EX, snapshot)
+            if volume is not None and volume.invalid:
+                facts["invalid_after_mib"] = mib
+                break
+    fill.unlink()
+
+
+def overflowed_mid_pull(facts: dict[str, Any], source: str, target: str) -> None:
+    """A clone whose LVM snapshot overflows while the pull reads it: the copy is stopped
+    (every rsync SIGSTOPped) while the origin is written until the snapshot is invalid,
+    and kept stopped until the stall watchdog has killed its stream, so the transfer
+    comes to the point of retrying. The retry would read the broken snapshot: the clone
+    must stop there, never commit, and roll back on its own."""
+    config = _overflow_config()
+    command = [sys.executable, "-m", "hotcopy", "clone", "--config", str(config),
+               "--source", source, "--target", target, "--yes", "--json"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=_environ()) as proc:
+        deadline = time.monotonic() + 240
+        while _staged_bytes(target) < 4 * 2**20 or not _rsync_pids():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the pull never got under way (exit {proc.poll()})")
+            time.sleep(0.5)
+        stopped = _rsync_pids()
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        facts["staged_when_stopped"] = _staged_bytes(target)
+        try:
+            _fill_origin_until_invalid(facts, source)
+            # The watchdog kills the stalled client (by its stream's marker) after
+            # OVERFLOW_IO_TIMEOUT_S of silence. Until every process of it is gone, the
+            # daemon's side stays stopped too: nothing reports progress meanwhile, so the
+            # transfer's next move is its retry.
+            clients = set(_rsync_pids(clients_only=True)) & set(stopped)
+            deadline = time.monotonic() + OVERFLOW_IO_TIMEOUT_S + 60
+            while clients & set(_rsync_pids()) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            facts["stalled_stream_killed"] = bool(clients) and not clients & set(_rsync_pids())
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=CLI_TIMEOUT_S)
+    document = json.loads(stdout) if stdout.strip() else None
+    facts["clone"] = {"returncode": proc.returncode, "document": document,
+                      "stderr_tail": stderr[-3000:]}
+    job = SqliteJournal(SHARD / JOURNAL_FILE).get_job(document["job"]) if document else None
+    facts["transfer_attempt"] = job.info.get("transfer_attempt") if job else None
+
+
 def roll_back_unfinished() -> list[str]:
     jobs = hotcopy("jobs", "--config", str(CONFIG), "--json")["document"] or []
     unfinished = [j["job"] for j in jobs if j["state"] not in ("committed", "rolled-back",
@@ -181,6 +286,7 @@ def clone_parts(results: Results, work: Path, filesystems: list[str], deadline: 
         return
     plan = [("clone_ext4", "replica1", "replica2", None),
             ("clone_killed", "replica2", "replica1", "kill"),
+            ("clone_overflowed", "replica1", "replica2", "overflow"),
             ("clone_xfs", "replica2", "replica1", None)]
     for name, source, target, mode in plan:
         if only is not None and name not in only:
@@ -195,6 +301,8 @@ def clone_parts(results: Results, work: Path, filesystems: list[str], deadline: 
             facts["source_fstype"] = layout[source]
             if mode == "kill":
                 killed_and_rolled_back(facts, source, target)
+            elif mode == "overflow":
+                overflowed_mid_pull(facts, source, target)
             else:
                 clone_under_load(facts, source, target)
             facts["leftovers"] = leftovers(_roots())

@@ -24,6 +24,7 @@ from guest_common import STARTED, VG, Results, make_lv, sh
 
 #: The core (`scripts/test` runs it): an LVM source cloned under write load, and a clone
 #: killed mid-transfer then rolled back. "all" (scripts/test-lvm) adds the rest.
+#: ``clone:NAME[,NAME]`` runs only those clone parts: ``run_guest(work, parts=...)`` by hand.
 CORE_CLONES = ("clone_ext4", "clone_killed")
 
 
@@ -36,8 +37,9 @@ def run_all(results: Results, work: Path, budget_s: float, parts: str = "all") -
         facts["xfs"] = subprocess.run(["sh", "-c", "command -v mkfs.xfs"],
                                       capture_output=True, check=False).returncode == 0
         sh("mount", make_lv("work", "640M", "ext4"), "/srv")
-    if parts == "core":
-        clone_parts(results, work, ["ext4"], deadline=STARTED + budget_s, only=CORE_CLONES)
+    if parts == "core" or parts.startswith("clone:"):
+        only = CORE_CLONES if parts == "core" else tuple(parts.removeprefix("clone:").split(","))
+        clone_parts(results, work, ["ext4"], deadline=STARTED + budget_s, only=only)
         return
     filesystems = ["ext4", "xfs"] if results.facts("setup").get("xfs") else ["ext4"]
     for fstype in filesystems:
@@ -61,7 +63,9 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="host dir with the inputs")
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--budget", type=float, default=600)
-    parser.add_argument("--parts", choices=["all", "core"], default="all")
+    parser.add_argument("--parts", default="all",
+                        help="all, core, or clone:NAME[,NAME] (those clone parts alone, to "
+                             "work on one of them)")
     args = parser.parse_args()
     results = Results(args.results)
     # Python imports are slow under emulation; the guest's clock says how slow.

@@ -21,7 +21,7 @@ from tests.lvm.guest import GuestRun
 from tests.real_parts import verdict
 
 # One guest boot runs everything, in the first test's setup: minutes under emulation.
-pytestmark = [pytest.mark.lvm, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.lvm, pytest.mark.timeout(2100)]
 
 FILESYSTEMS = ["ext4", "xfs"]
 
@@ -50,7 +50,7 @@ def boot(parts: str, budget_s: int) -> Iterator[GuestRun]:
 
 @pytest.fixture(scope="module")
 def guest() -> Iterator[GuestRun]:
-    yield from boot("all", 1200)
+    yield from boot("all", 1500)
 
 
 def part(run: GuestRun, name: str) -> dict[str, Any]:
@@ -188,6 +188,37 @@ def assert_killed_and_rolled_back(facts: dict[str, Any]) -> None:
     shard = facts["shard"]
     assert shard["replica1"]["checksums"] == shard["master"]
     assert (shard["replica1"]["io"], shard["replica1"]["sql"]) == ("Yes", "Yes")
+
+
+def test_snapshot_overflow_mid_pull_stops_without_retry_and_rolls_back(
+        guest: GuestRun) -> None:
+    assert_overflow_stopped_the_clone(part(guest, "clone_overflowed"))
+
+
+def assert_overflow_stopped_the_clone(facts: dict[str, Any]) -> None:
+    # The snapshot broke while the copy was stopped half-way: a real overflow, mid-pull.
+    assert facts["invalid_after_mib"] is not None, "the origin writes never overflowed it"
+    assert facts["staged_when_stopped"] >= 4 * 2**20
+    assert facts["stalled_stream_killed"], "the stall watchdog never stopped the stream"
+    clone = facts["clone"]
+    document = clone["document"]
+    assert clone["returncode"] == 1, clone["stderr_tail"] or document
+    assert document["state"] == "rolled-back", document
+    # Said as what it is, the snapshot, not as a stream that stalled (whichever of the
+    # progress check and the retry's guard saw it first)...
+    assert "overflowed and is invalid" in document["error"], document["error"]
+    assert "LVM snapshot hcvg/hotcopy-" in document["error"], document["error"]
+    pull = next(step for step in document["steps"] if step["name"] == "pull")
+    assert pull["outcome"] == "failed", pull
+    # ...and never read again: no second attempt, nothing committed.
+    assert facts["transfer_attempt"] is None, facts["transfer_attempt"]
+    assert not any(step["name"] == "commit" and step["outcome"] == "done"
+                   for step in document["steps"]), document["steps"]
+    assert facts["leftovers"] == []
+    shard = facts["shard"]
+    for name in ("replica1", "replica2"):
+        assert shard[name]["checksums"] == shard["master"], name
+        assert (shard[name]["io"], shard[name]["sql"]) == ("Yes", "Yes"), name
 
 
 def test_clone_from_xfs_source_under_load(guest: GuestRun) -> None:

@@ -21,7 +21,7 @@ from hotcopy.mysql.flavor.base import set_global
 from hotcopy.mysql.option_file import read_client_options
 from hotcopy.mysql.server import Server
 from hotcopy.progress import human_bytes
-from hotcopy.snapshot.base import SnapshotPlan, load_backend
+from hotcopy.snapshot.base import SnapshotPlan
 from hotcopy.transfer.base import (
     ServerHandle,
     TransferRequest,
@@ -33,6 +33,7 @@ from hotcopy.transfer.base import (
 from hotcopy.workflows import pacing
 from hotcopy.workflows.report import ProgressRecorder
 from hotcopy.workflows.runner import StepContext
+from hotcopy.workflows.snapshot_watch import SnapshotUnusable, SnapshotWatch
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +178,14 @@ def space_reserve(ctx: StepContext) -> int:
     return max(16 * 2**20, min(2**30, margin // 2))
 
 
-class SnapshotUnusable(HotcopyError):
-    """The source's snapshot overflowed or vanished: stop, never retry, never commit."""
-
-
-_OVERFLOW_HINT = ("raise lvm_snapshot_percent / lvm_snapshot_max_gib, or clone when the "
-                  "source writes less")
-
-
 def pull(ctx: StepContext) -> dict[str, Any]:
     method, handle = ctx.live["transfer"]
     assert isinstance(handle, ServerHandle)
+    source = ctx.params["source"]
+    # A copy-on-write snapshot with a fixed size (LVM) must not overflow while we read it.
+    watch = SnapshotWatch(ctx.runtime, source, SnapshotPlan.from_dict(ctx.state["snapshot"]))
     request = _request(ctx)
+    request.before_retry = watch.guard_retry(request.before_retry)
     done_bytes = [0]
 
     def remaining() -> int | None:
@@ -196,13 +193,6 @@ def pull(ctx: StepContext) -> dict[str, Any]:
             max(0, request.expected_bytes - done_bytes[0])
 
     executor = ctx.runtime.executor(request.target)
-    source = ctx.params["source"]
-    plan = SnapshotPlan.from_dict(ctx.state["snapshot"])
-    # A copy-on-write snapshot with a fixed size (LVM) must not overflow while we read it.
-    snapshot_health = getattr(load_backend(plan.backend, ctx.runtime.config.server(source)),
-                              "check_health", None)
-    overflow: list[str] = []
-
     record = ProgressRecorder(ctx.info)  # `hotcopy show` of the running job reads it
 
     def on_progress(done: int, total: int | None, rate: float | None) -> None:
@@ -211,16 +201,12 @@ def pull(ctx: StepContext) -> dict[str, Any]:
         ctx.reporter.progress(done, total, rate)
         if total:
             ctx.faults.progress("pull", done / total)
-        if snapshot_health is not None and not overflow:
-            reason = snapshot_health(ctx.runtime.executor(source), plan)
-            if reason:
-                overflow.append(reason)
-                unless_deposed(request, "stopping the copy of an overflowing snapshot",
-                               lambda: kill_marked(executor, ctx.job_id))()
-                # Raised through the transfer's progress callback: not a stream failure
-                # its retry loop would catch; a second read of that snapshot is no better.
-                raise SnapshotUnusable(f"the snapshot on {source} is about to overflow: "
-                                       f"{reason}", hint=_OVERFLOW_HINT)
+        if watch.reason is None and watch.filling():
+            unless_deposed(request, "stopping the copy of an overflowing snapshot",
+                           lambda: kill_marked(executor, ctx.job_id))()
+            # Raised through the transfer's progress callback: not a stream failure
+            # its retry loop would catch; a second read of that snapshot is no better.
+            raise watch.error("stopped the copy")
 
     guard = SpaceGuard(executor, request.destination, space_reserve(ctx),
                        unless_deposed(request, "stopping a copy that fills the target",
@@ -231,18 +217,15 @@ def pull(ctx: StepContext) -> dict[str, Any]:
     except SnapshotUnusable:
         raise
     except HotcopyError as exc:
-        if overflow:
-            raise SnapshotUnusable(f"the snapshot on {source} is about to overflow: "
-                                   f"{overflow[0]}", hint=_OVERFLOW_HINT) from exc
+        # A stream that failed reading a snapshot that broke under it (EIO) says only
+        # that it failed: the snapshot says why.
+        if watch.broken():
+            raise watch.error("the copy failed") from exc
         if guard.tripped_at is None:
             raise
         raise guard.error(request.target, remaining()) from exc
-    invalid = getattr(load_backend(plan.backend, ctx.runtime.config.server(source)),
-                      "invalid_reason", None)
-    reason = invalid(ctx.runtime.executor(source), plan) if invalid is not None else None
-    if reason:  # the copy looked complete, but what it read may be padding: never commit
-        raise SnapshotUnusable(f"the copy from {source} cannot be trusted: {reason}",
-                               hint=_OVERFLOW_HINT)
+    if watch.broken():  # the copy looked complete, but what it read may be padding
+        raise watch.error("the copy cannot be trusted")
     ctx.info(bytes_transferred=result.bytes_transferred, literal_bytes=result.literal_bytes)
     # The rate of everything copied, as the progress bar counts it (not only the literal
     # data rsync sent), so the step's figure and the bar's final one agree.
