@@ -41,10 +41,6 @@ class SnapshotWatch:
         #: The first reason found; once set, every later question gets the same answer.
         self.reason: str | None = None
 
-    @property
-    def watched(self) -> bool:
-        return self._fill_watch is not None or self._invalid is not None
-
     def filling(self) -> str | None:
         """On a progress report: the backend's fill watch (rate-limited by the backend),
         which speaks before the snapshot overflows."""
@@ -60,14 +56,16 @@ class SnapshotWatch:
         return self.reason
 
     def error(self, what: str) -> SnapshotUnusable:
-        """``what`` the copy from the source did, and the snapshot's reason for it."""
-        return SnapshotUnusable(f"{what} from {self.source}: {self.reason}", hint=OVERFLOW_HINT)
+        """``what`` became of the copy (``{source}`` names the source), and the snapshot's
+        reason for it."""
+        return SnapshotUnusable(f"{what.format(source=self.source)}: {self.reason}",
+                                hint=OVERFLOW_HINT)
 
     def guard_retry(self, before_retry: Callable[[int], None]) -> Callable[[int], None]:
         """``before_retry`` that first makes sure a retry would not read a broken snapshot."""
         def guarded(attempt: int) -> None:
             if self.broken() or self.filling():
                 log.warning("not retrying the transfer: %s", self.reason)
-                raise self.error("not retrying the copy")
+                raise self.error("not retrying the copy from {source}")
             before_retry(attempt)
         return guarded

@@ -206,7 +206,7 @@ def pull(ctx: StepContext) -> dict[str, Any]:
                            lambda: kill_marked(executor, ctx.job_id))()
             # Raised through the transfer's progress callback: not a stream failure
             # its retry loop would catch; a second read of that snapshot is no better.
-            raise watch.error("stopped the copy")
+            raise watch.error("stopped the copy from {source}")
 
     guard = SpaceGuard(executor, request.destination, space_reserve(ctx),
                        unless_deposed(request, "stopping a copy that fills the target",
@@ -220,12 +220,12 @@ def pull(ctx: StepContext) -> dict[str, Any]:
         # A stream that failed reading a snapshot that broke under it (EIO) says only
         # that it failed: the snapshot says why.
         if watch.broken():
-            raise watch.error("the copy failed") from exc
+            raise watch.error("the copy from {source} failed") from exc
         if guard.tripped_at is None:
             raise
         raise guard.error(request.target, remaining()) from exc
     if watch.broken():  # the copy looked complete, but what it read may be padding
-        raise watch.error("the copy cannot be trusted")
+        raise watch.error("the copy from {source} cannot be trusted")
     ctx.info(bytes_transferred=result.bytes_transferred, literal_bytes=result.literal_bytes)
     # The rate of everything copied, as the progress bar counts it (not only the literal
     # data rsync sent), so the step's figure and the bar's final one agree.
