@@ -20,7 +20,9 @@ from typing import Any
 from hotcopy.errors import ExitCode, HotcopyError, RefusedError
 from hotcopy.hooks import run_hook
 from hotcopy.mysql import replication, repoint
+from hotcopy.mysql.flavor import ReplicaStatus
 from hotcopy.mysql.flavor import promotion as sql
+from hotcopy.mysql.server import Server
 from hotcopy.progress import Reporter
 from hotcopy.runtime import Runtime
 from hotcopy.saga import JobState, Journal, Transaction, signals_as_exceptions
@@ -101,6 +103,26 @@ def repoint_all(ctx: StepContext, names: list[str], master: str) -> dict[str, An
     return {"repointed": names, "_detail": f"{', '.join(names) or 'none'} on {master}"}
 
 
+#: How long a replica just told START SLAVE may take to have both threads running: its
+#: IO thread says "Connecting" until the master has answered.
+THREADS_START_S = 30.0
+
+
+def _wait_running(server: Server, timeout_s: float) -> ReplicaStatus | None:
+    """The channel once both threads run, or as it was when a thread stopped with an
+    error or the time ran out (a replica already at the master's position has nothing
+    to wait for, so it is asked here straight after its START SLAVE)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = replication.single_channel(server)
+        if status is None or status.running or time.monotonic() >= deadline:
+            return status
+        if "No" in (status.io_running, status.sql_running) and (
+                status.last_io_error or status.last_sql_error):
+            return status
+        time.sleep(0.1)
+
+
 def verify_replicating(ctx: StepContext, names: list[str], master: str) -> dict[str, Any]:
     """Each replicates from the master, both threads running, and reached its position."""
     address = ctx.runtime.address(master)
@@ -115,9 +137,11 @@ def verify_replicating(ctx: StepContext, names: list[str], master: str) -> dict[
                 continue
             if goal:
                 wait_position(ctx, name, goal, timeout)
-            status = replication.single_channel(server)
+            status = _wait_running(server, min(timeout, THREADS_START_S))
             if status is None or not status.running:
-                why = (status.last_io_error or status.last_sql_error) if status else "no channel"
+                why = ((status.last_io_error or status.last_sql_error or
+                        f"IO thread {status.io_running}, SQL thread {status.sql_running}")
+                       if status else "no channel")
                 problems.append(f"{name}: replication not running ({why})")
         except HotcopyError as exc:
             problems.append(f"{name}: {exc.message}")
