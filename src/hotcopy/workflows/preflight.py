@@ -25,7 +25,7 @@ from hotcopy.runtime import Runtime
 from hotcopy.saga import Job, Journal
 from hotcopy.snapshot.base import backend_for
 from hotcopy.transfer.base import STATIC_EXCLUDES, file_excludes, is_excluded, log_excludes
-from hotcopy.workflows import faults, preflight_layout, preflight_servers
+from hotcopy.workflows import faults, preflight_layout, preflight_servers, warm
 
 #: Steps that report progress, so a kill-during fault can fire inside them.
 PROGRESS_STEPS = ("pull", "backup_stream", "commit")
@@ -354,7 +354,7 @@ def _check_source_files(report: Preflight, runtime: Runtime, src: Server, source
         # Cold means cold: not whatever list the source's datadir holds (its last
         # shutdown's, an earlier clone's dump), which the target would load at start.
         excludes += file_excludes(datadir, [
-            _variable_or_none(src, "innodb_buffer_pool_filename") or "ib_buffer_pool"])
+            _variable_or_none(src, "innodb_buffer_pool_filename") or warm.DEFAULT_FILENAME])
     report.facts["excludes"] = excludes
     listing = executor.run(["find", datadir, "-xdev", "-type", "f", "-printf", r"%P\t%s\n"],
                            timeout=600).stdout
