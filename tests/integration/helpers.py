@@ -62,7 +62,11 @@ def runtime(info: SandboxInfo) -> Runtime:
 
 
 def wait_replicating(server: Server, master: Server, timeout: float = 120) -> None:
+    """Caught up, and both threads running: an IO thread told START SLAVE a moment ago
+    says "Connecting" until the master has answered, even when nothing is left to apply."""
     replication.wait_caught_up(server, master, timeout_s=timeout)
+    wait_for(lambda: (s := replication.single_channel(server)) is not None and s.running,
+             timeout=30)
     status = replication.single_channel(server)
     assert status is not None and status.running, status
 

@@ -57,8 +57,8 @@ class LoginDelayProxy:
     def __init__(self, upstream_port: int, user: str) -> None:
         self.user = user
         self.delay_s = 0.0
-        #: (user, seconds it was held) for every login of ``user`` seen while armed.
-        self.held: list[tuple[str, float]] = []
+        #: How many logins of ``user`` were held back.
+        self.held = 0
         self._lock = threading.Lock()
         proxy = self
 
@@ -90,7 +90,7 @@ class LoginDelayProxy:
         if delay:
             time.sleep(delay)
             with self._lock:
-                self.held.append((self.user, delay))
+                self.held += 1
         upstream.sendall(header + payload)
         _pump(client, upstream)
 

@@ -14,23 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from hotcopy.mysql import replication
-from hotcopy.mysql.flavor import promotion as sql
-from hotcopy.mysql.repoint import replication_account
-from hotcopy.mysql.server import Server
+from hotcopy.config import load
+from hotcopy.mysql import replication, repoint
+from hotcopy.runtime import Runtime
 from hotcopy.sandbox import SandboxInfo
 from hotcopy.sandbox.layout import REPL_USER
 from tests.integration.conftest import own_sandbox
-from tests.integration.helpers import hotcopy, runtime, wait_for, wait_replicating
+from tests.integration.helpers import hotcopy, runtime, wait_replicating
 from tests.integration.login_delay_proxy import LoginDelayProxy
 from tests.integration.test_refusals import edited_config
 
 HOLD_S = 4.0
-
-
-def _running(server: Server) -> bool:
-    status = replication.single_channel(server)
-    return status is not None and status.running
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +40,12 @@ def test_rejoin_waits_for_an_io_thread_still_connecting(shard: SandboxInfo,
     with LoginDelayProxy(rt.address(master).port, REPL_USER) as proxy:
         config = edited_config(shard, tmp_path, {(f"servers.{master}", "port"):
                                                  str(proxy.port)})
-        user, password = replication_account(rt)
         # Every replica reaches the master through the proxy, as the edited config says.
+        through_proxy = Runtime(load(config))
         for name in shard.replicas:
-            server = rt.server(name)
-            server.execute(server.flavor.stop_replica())
-            server.execute(sql.replicate_from("127.0.0.1", proxy.port, user, password))
-            server.execute(server.flavor.start_replica())
-            assert wait_for(lambda s=server: _running(s), timeout=30)
+            repoint.point_at(through_proxy, name, master)
+            wait_replicating(rt.server(name), rt.server(master))
+        through_proxy.close()
         detached = shard.replicas[-1]
         server = rt.server(detached)
         server.execute(server.flavor.stop_replica())
@@ -67,9 +59,6 @@ def test_rejoin_waits_for_an_io_thread_still_connecting(shard: SandboxInfo,
         assert proc.returncode == 0, proc.stderr + proc.stdout
         assert proxy.held, "the replica's login was never held: the test proved nothing"
         proxy.arm(0.0)
-        assert _running(server)
-        status = replication.single_channel(server)
-        assert status is not None and (status.master_host, status.master_port) == \
-            ("127.0.0.1", proxy.port)
+        assert repoint.replicates_from(server, "127.0.0.1", proxy.port)
         wait_replicating(server, rt.server(master))
     rt.close()
