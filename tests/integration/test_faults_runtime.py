@@ -122,12 +122,23 @@ def _stopped(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] == "T"
 
 
-def test_target_filesystem_full_during_transfer_rolls_back(clean: Shard) -> None:
+# With this margin the guard keeps back 2.5 times the copy's size (about 200 MB for the
+# sandbox's 81 MB), far above what the filler leaves.
+ROOMY = "[clone]\nfree_space_margin = 5.0\n"
+# Room left to the target's running mysqld while the disk is "full". On btrfs every
+# InnoDB page write allocates anew (copy-on-write) and freed extents come back only at
+# the next commit, so a few MiB can run out under a mysqld that just flushes, and InnoDB
+# aborts on ENOSPC: CI saw the target die with 8 MiB left. 64 MiB is ample for that and
+# still far under the guard's reserve.
+LEAVE = 64 * 2**20
+
+
+def test_target_filesystem_full_during_transfer_rolls_back(clean: Shard, tmp_path: Path) -> None:
     # Deterministic: the clone stops itself right before the pull, the disk is filled
-    # then, before a byte of the copy is written, to below the guard's reserve (at least
-    # 16 MiB): however fast the copy would be, it must be stopped, not squeezed in.
-    run = BackgroundClone(clean, clean.info.config_path,
-                          env={"HOTCOPY_FAULT": "pause-before:pull"})
+    # then, before a byte of the copy is written, to below the guard's reserve: however
+    # fast the copy would be, it must be stopped, not squeezed in.
+    config = clean.variant(tmp_path / "roomy.toml", ROOMY)
+    run = BackgroundClone(clean, config, env={"HOTCOPY_FAULT": "pause-before:pull"})
     filler: Path | None = None
     try:
         assert wait_for(lambda: _stopped(run.proc.pid) or run.proc.poll() is not None,
@@ -135,7 +146,7 @@ def test_target_filesystem_full_during_transfer_rolls_back(clean: Shard) -> None
         assert run.proc.poll() is None, "the clone ended before the pull"
         assert run.staged_bytes() == 0
         # After the preflight saw enough space: something else fills the disk.
-        filler = _fill(clean.info.datadir(TARGET).parent, leave=8 * 2**20)
+        filler = _fill(clean.info.datadir(TARGET).parent, leave=LEAVE)
         run.proc.send_signal(signal.SIGCONT)
         code, report, stderr = run.finish()
     finally:
