@@ -19,6 +19,7 @@ from hotcopy.agent.model import (
 )
 from hotcopy.agent.store import SqliteAgentStore
 from hotcopy.mysql.flavor import ReplicaStatus
+from hotcopy.space import space_needed
 
 NOW = 1_800_000_000.0
 POLICY = Policy(grace_s=60, flap_window_s=3600, max_reseeds_per_day=3, lag_threshold_s=60)
@@ -133,7 +134,8 @@ def test_every_reseed_decision_obeys_every_rail(
         assert donor.io_running == donor.sql_running == "Yes"
         assert not target.major or donor.major == target.major
         if target.free_bytes is not None and donor.datadir_bytes is not None:
-            assert target.free_bytes >= donor.datadir_bytes * (1 + POLICY.free_space_margin)
+            assert target.free_bytes >= space_needed(donor.datadir_bytes,
+                                                     POLICY.free_space_margin)
         if not target.marked:
             assert all(NOW - r.started >= POLICY.flap_window_s for r in history
                        if r.target == target.name)

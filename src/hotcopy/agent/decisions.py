@@ -26,6 +26,7 @@ from hotcopy.agent.model import (
     ReseedRecord,
     RunningJob,
 )
+from hotcopy.space import space_needed
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,11 @@ def choose_donor(target: ReplicaHealth, observation: Observation, busy: set[str]
             continue
         why = _rejection(candidate, observation.master, busy, major)
         if why is None and target.free_bytes is not None and candidate.datadir_bytes is not None:
-            need = int(candidate.datadir_bytes * (1 + policy.free_space_margin))
+            need = space_needed(candidate.datadir_bytes, policy.free_space_margin)
             if target.free_bytes < need:
                 why = (f"its {candidate.datadir_bytes} bytes of data "
-                       f"(+{policy.free_space_margin:.0%}) do not fit in the target's "
-                       f"{target.free_bytes} free bytes")
+                       f"(+{need - candidate.datadir_bytes} free, the preflight's rule) do "
+                       f"not fit in the target's {target.free_bytes} free bytes")
         if why is None:
             fits.append(candidate)
         else:

@@ -12,7 +12,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hotcopy import remote
+from hotcopy import remote, space
 from hotcopy.errors import HotcopyError, MySQLError, RefusedError
 from hotcopy.hosts import Executor
 from hotcopy.hosts.ssh import SudoRefused
@@ -473,13 +473,15 @@ def _check_target_files(report: Preflight, runtime: Runtime, target: str) -> Non
     data = int(report.facts.get("ship_bytes", 0))
     if report.facts.get("snapshot_backend") == "zfs":
         data = max(data, int(report.facts.get("dataset_bytes", 0)))
-    need = int(data * (1 + runtime.config.clone.free_space_margin))
+    margin = runtime.config.clone.free_space_margin
+    need = space.space_needed(data, margin)
     report.facts["target_free_bytes"] = avail
     if avail < need:
-        margin = runtime.config.clone.free_space_margin
         report.error("target.space", f"target {target}: {parent} has {human_bytes(avail)} free "
                      f"but the copy needs {human_bytes(need)} ({human_bytes(data)} of data plus "
-                     f"clone.free_space_margin = {margin:.0%})",
+                     f"{human_bytes(need - data)}: clone.free_space_margin = {margin:.0%}, and "
+                     f"at least {human_bytes(2 * space.TARGET_WRITE_ROOM)} so the running "
+                     "mysqld there keeps room to write)",
                      hint=f"free at least {human_bytes(need - avail)} on that filesystem of "
                           f"{target} ({executor.name}); the old datadir stays there until "
                           "the clone commits")

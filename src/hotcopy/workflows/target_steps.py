@@ -22,6 +22,7 @@ from hotcopy.mysql.option_file import read_client_options
 from hotcopy.mysql.server import Server
 from hotcopy.progress import human_bytes
 from hotcopy.snapshot.base import SnapshotPlan
+from hotcopy.space import guard_reserve
 from hotcopy.transfer.base import (
     ServerHandle,
     TransferRequest,
@@ -172,10 +173,8 @@ class SpaceGuard:
 
 
 def space_reserve(ctx: StepContext) -> int:
-    """Half the preflight's margin (so a clone the preflight let through never trips it),
-    at least 16 MiB for the target's own writes, at most 1 GiB."""
-    margin = int((ctx.state.get("ship_bytes") or 0) * ctx.runtime.config.clone.free_space_margin)
-    return max(16 * 2**20, min(2**30, margin // 2))
+    return guard_reserve(int(ctx.state.get("ship_bytes") or 0),
+                         ctx.runtime.config.clone.free_space_margin)
 
 
 def pull(ctx: StepContext) -> dict[str, Any]:
