@@ -67,7 +67,8 @@ EXPLAINED: dict[str, str] = {
     "clone.delta": "on: the staging directory starts as a writable btrfs snapshot of the "
                    "target's own datadir and rsync ships only the blocks that differ; auto: "
                    "so when it pays (README: delta re-seed); off: a full copy",
-    "clone.free_space_margin": "free space the target needs beyond the data, as a fraction (at least 128 MiB)",
+    "clone.free_space_margin": "free space the target needs beyond the data, as a fraction "
+                               "(at least 128 MiB)",
     "clone.start_timeout_s": "longest the target's mysqld may take to start (crash "
                              "recovery included)",
     "transfer.method": "how the snapshot travels; auto: the first that fits both hosts "
