@@ -88,7 +88,8 @@ def test_tar_size_is_what_gnu_tar_writes(tmp_path: Path, names: list[str]) -> No
         entries.append(FileEntry(name, index * 1000 + 1, False))
     (tmp_path / "d").mkdir(exist_ok=True)
     (tmp_path / "list").write_bytes(encode_list(entries))
-    out = LocalExecutor().run(["sh", "-c", f"tar -c -f - -C {tmp_path} --no-recursion --null "
+    out = LocalExecutor().run(["sh", "-c", f"tar -c -b {stream.RECORD_BLOCKS} -f - -C {tmp_path} "
+                                           "--no-recursion --null "
                                            f"-T {tmp_path}/list | wc -c"]).stdout
     assert stream.tar_size(entries) == int(out)
 

@@ -15,7 +15,13 @@ case $index in ''|*[!0-9]*) refuse "bad stream number" ;; esac
 case $codec in zstd) decode=(zstd -d -q -c) ;; none) decode=(cat) ;; *) refuse "bad codec" ;; esac
 mkdir "$dir/stream-$index" 2>/dev/null || refuse "stream $index was already received"
 err="$dir/stream-$index/errors"
-"${decode[@]}" 2>"$err" | tar -x -f - -C "$(<"$dir/staging")" --numeric-owner -p 2>>"$err"
+# The sender's record size: a reader with a smaller one stops at the end-of-archive
+# marker and leaves the last record's padding unread, and the writer before it dies of
+# SIGPIPE (zstd: exit 70), failing a complete stream.
+blocks=$(<"$dir/record_blocks")
+case $blocks in ''|*[!0-9]*) refuse "bad record size" ;; esac
+"${decode[@]}" 2>"$err" | tar -x -b "$blocks" -f - -C "$(<"$dir/staging")" --numeric-owner -p \
+    2>>"$err"
 rc=$?
 if [ $rc -eq 0 ]; then echo "HOTCOPY-OK $index"; exit 0; fi
 echo "HOTCOPY-ERR stream $index: extracting failed (exit $rc): $(tail -c 400 "$err" | tr '\n' ' ')"
