@@ -161,7 +161,9 @@ def tree(tmp_path: Path) -> Path:
 def test_method_ships_exactly_the_files_that_should_travel(
         tmp_path: Path, tree: Path, ssh_access: dict[str, Any], name: str,
         parallel: int) -> None:
-    rt = local_runtime(tmp_path, parallel=parallel, **ssh_access)
+    # Compression is off by default; the four-stream case ships compressed.
+    compressed = {"zstd_level": 3} if (name, parallel) == ("stream", 4) else {}
+    rt = local_runtime(tmp_path, parallel=parallel, **ssh_access, **compressed)
     staging = tmp_path / "staging"
     staging.mkdir()
     job = f"t{name}{parallel}"
