@@ -169,8 +169,24 @@ def remove_interface(veth: str) -> None:
 
 
 def set_link(veth: str, up: bool) -> None:
-    """Cut (or restore) a host's network by its bridge-side veth."""
+    """Cut (or restore) a host's network by its bridge-side veth.
+
+    A restored link is not enough for the next connection: an address resolution that
+    began during the cut is still pending on the bridge and, when its probes run out,
+    fails the first connect after the link is back with "no route to host" (seen in CI,
+    reproduced by hand). So restoring also forgets the bridge's neighbour entries; the
+    next packet resolves afresh over the working link.
+    """
     _ip("link", "set", veth, "up" if up else "down")
+    if up:
+        bridge = Path("/sys/class/net", veth, "master")
+        if bridge.exists():
+            forget_neighbors(None, bridge.resolve().name)
+
+
+def forget_neighbors(netns: str | None, device: str) -> None:
+    """Drop the resolved and pending neighbour entries of one interface (``ip neigh flush``)."""
+    _ip(*(("-n", netns) if netns else ()), "neigh", "flush", "dev", device)
 
 
 def link_bytes(interface: str) -> tuple[int, int]:
