@@ -493,6 +493,7 @@ def test_controller_host_dies_holding_the_source_then_two_hosts_roll_back_at_onc
     finally:
         netns.set_link(n.data_veth, up=True)
         netns.set_link(n.etcd_veth, up=True)
+        netns.forget_neighbors(n.controller_ns)  # what A's host was resolving at its death
     env = {k: v for k, v in os.environ.items() if k != "HOTCOPY_FAULT"}
     argv = [sys.executable, "-m", "hotcopy", "rollback", "--config", str(c.config), job_id]
     with tempfile.TemporaryFile("w+") as on_a, tempfile.TemporaryFile("w+") as on_b:

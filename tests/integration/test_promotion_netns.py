@@ -223,7 +223,7 @@ def test_master_host_cut_off_is_detected_unreachable_within_the_bound(
     for name in ("master", "replica2", "replica3"):
         # A resolution of the cut host's address still pending in a replica's host would
         # fail the IO thread's next connect (the bridge's is forgotten by set_link).
-        sandbox_netns.forget_neighbors(shard.namespaces[name], sandbox_netns.IFACE)
+        sandbox_netns.forget_neighbors(shard.namespaces[name])
     rt = runtime(shard)
     for name in ("master", "replica2", "replica3"):
         # An IO thread that gave up during the cut retries only every

@@ -184,9 +184,12 @@ def set_link(veth: str, up: bool) -> None:
             forget_neighbors(None, bridge.resolve().name)
 
 
-def forget_neighbors(netns: str | None, device: str) -> None:
-    """Drop the resolved and pending neighbour entries of one interface (``ip neigh flush``)."""
-    _ip(*(("-n", netns) if netns else ()), "neigh", "flush", "dev", device)
+def forget_neighbors(netns: str | None, device: str | None = None) -> None:
+    """Drop the resolved and pending neighbour entries of one interface, or of every
+    interface of a namespace (``ip neigh flush``): after a cut, in the hosts that tried
+    to reach the cut one, so their next connect resolves afresh."""
+    where = ("dev", device) if device else ("to", "0.0.0.0/0")
+    _ip(*(("-n", netns) if netns else ()), "neigh", "flush", *where)
 
 
 def link_bytes(interface: str) -> tuple[int, int]:
