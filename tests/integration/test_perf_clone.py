@@ -235,9 +235,14 @@ def test_clone_reports_downtime_catch_up_verify_and_preflush(
     assert report["snapshot_drop_ms"] > 0
     assert leftovers(info) == []
 
+    # The new datadir was written back to disk before the commit let the old one go.
+    commit = next(s for s in _steps_outputs(info, report["job"]) if "old_datadir_kept" in s)
+    assert commit["datadir_flush_ms"] >= 0, commit
+
     text = _show_text(info, report["job"])
     assert "target downtime:" in text and "caught up after:" in text and "verify:" in text
     assert "pre-flush: dirty pages" in text
+    assert "new datadir flushed to disk in" in text
 
 
 def _stopped(pid: int) -> bool:

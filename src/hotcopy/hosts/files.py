@@ -72,6 +72,17 @@ def rename(executor: Executor, source: str, destination: str) -> None:
     executor.run(["mv", "-T", "--", source, destination])
 
 
+def flush_to_disk(executor: Executor, path: str, *, timeout: float = 3600) -> None:
+    """Write back everything cached for the filesystem holding path (``sync -f``).
+
+    Before a snapshot, so what the snapshot commits under the source's lock is small;
+    before a clone commits, since a copy lands in the page cache and the kernel writes it
+    back within about 30 s: a host that loses power before then keeps renamed directories
+    whose files are holes, and the old datadir is about to be removed.
+    """
+    executor.run(["sync", "-f", path], timeout=timeout)
+
+
 @undo_action("host.remove_tree", describe="remove {path} on {server}")
 def _undo_remove_tree(runtime: Runtime, params: Mapping[str, Any]) -> None:
     remove_tree(runtime.executor(params["server"]), params["path"])

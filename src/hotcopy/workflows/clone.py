@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ import hotcopy.hosts.files
 import hotcopy.mysql.undo  # noqa: F401
 from hotcopy.errors import ExitCode, HotcopyError, RefusedError
 from hotcopy.hosts import files
-from hotcopy.progress import Reporter, acknowledge_signals
+from hotcopy.progress import Reporter, acknowledge_signals, human_duration
 from hotcopy.runtime import Runtime
 from hotcopy.saga import (
     FencedOut,
@@ -101,21 +102,28 @@ def _commit(ctx: StepContext) -> dict[str, Any]:
     old = ctx.state.get("old_datadir")
     target = ctx.params["target"]
     keep = ctx.runtime.config.clone.keep_old_datadir
+    # The new datadir is on disk before the old one stops being the way back: the copy
+    # was written through the page cache, and nothing else waits for it to reach disk.
+    flushing_from = time.monotonic()
+    files.flush_to_disk(ctx.runtime.executor(target), ctx.runtime.config.server(target).datadir)
+    flush_s = time.monotonic() - flushing_from
     ctx.tx.commit()
     # Half-way: committed, the old datadir not yet removed (what `hotcopy cleanup` is for).
     ctx.faults.progress("commit", 0.5)
+    flushed = {"datadir_flush_ms": round(flush_s * 1000, 1)}
+    on_disk = f"new datadir flushed to disk in {human_duration(flush_s)}; "
     if not old or keep:
-        return {"old_datadir_kept": bool(old),
-                "_detail": f"old datadir kept at {old}" if old else "no old datadir"}
+        return {"old_datadir_kept": bool(old), **flushed,
+                "_detail": on_disk + (f"old datadir kept at {old}" if old else "no old datadir")}
     try:
         files.remove_tree(ctx.runtime.executor(target), old)
     except HotcopyError as exc:
         # The clone is committed; a failed cleanup must not turn it into a failure.
         ctx.reporter.warning(f"committed, but the old datadir {old} on {target} could not be "
                              f"removed ({exc.message}); remove it by hand")
-        return {"old_datadir_kept": True, "old_datadir_left": old,
-                "_detail": f"old datadir left at {old}: remove it by hand"}
-    return {"old_datadir_kept": False, "_detail": "old datadir removed"}
+        return {"old_datadir_kept": True, "old_datadir_left": old, **flushed,
+                "_detail": on_disk + f"old datadir left at {old}: remove it by hand"}
+    return {"old_datadir_kept": False, **flushed, "_detail": on_disk + "old datadir removed"}
 
 
 STEPS: list[Step] = [

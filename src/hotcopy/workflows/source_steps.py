@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from hotcopy.hosts import files
 from hotcopy.mysql import locks, replication
 from hotcopy.snapshot.base import SnapshotPlan, load_backend
 from hotcopy.workflows.runner import StepContext
@@ -44,7 +45,7 @@ def lock_source(ctx: StepContext) -> dict[str, Any]:
     sql, args = server.flavor.flush_engine_logs()
     session.execute(sql, args)
     datadir = ctx.runtime.config.server(server.name).datadir
-    ctx.runtime.executor(server.name).run(["sync", "-f", datadir], timeout=600)
+    files.flush_to_disk(ctx.runtime.executor(server.name), datadir, timeout=600)
     # The snapshot's undo is journaled now, not under the lock: with a quorum journal
     # that write is a network round trip the source's writers would wait for. Until the
     # snapshot exists, destroying it is a no-op (every backend's destroy is idempotent).
