@@ -151,3 +151,23 @@ def test_stop_when_not_running_does_nothing() -> None:
     ctl, executor = _control({"cat": (1, "", "No such file")})
     ctl.stop(timeout=1)
     assert not any(call[0] in {"kill", "systemctl"} for call in executor.calls)
+
+
+def test_a_start_or_stop_is_looked_at_every_50_ms_for_15_s_then_less_often(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The spacing of these looks is added to the target's downtime: the old back-off
+    # (0.1 s doubling to 1 s) saw a 1.6 s shutdown end only at 2.5 s.
+    from hotcopy.mysql import mysqld
+
+    clock = [100.0]
+    monkeypatch.setattr(mysqld.time, "monotonic", lambda: clock[0])
+    delays = mysqld.poll_delays()
+    seen = []
+    while clock[0] < 100.0 + mysqld.POLL_FAST_FOR_S + 10:
+        delay = next(delays)
+        seen.append((clock[0] - 100.0, delay))
+        clock[0] += delay
+    fast = [delay for at, delay in seen if at < mysqld.POLL_FAST_FOR_S]
+    assert set(fast) == {mysqld.POLL_FAST_S} and len(fast) >= 299
+    late = [delay for at, delay in seen if at >= mysqld.POLL_FAST_FOR_S + 2]
+    assert late and set(late) == {mysqld.POLL_MAX_S}
