@@ -15,11 +15,14 @@ from bench.hotcopy_bench import stats
 LOCK_MS_MAX = 50.0
 PAUSED_MS_MAX = 1000.0
 FLOOR_FACTOR_MAX = 1.25
+VERIFIED_FLOOR_FACTOR_MAX = 1.5
 READ_P99_FACTOR_MAX = 1.5
+DOWNTIME_MS_MAX = 2000.0
 #: "Flat as data grows": the largest size's median is within +50% of the smallest's,
 #: or within this absolute slack (so noise on a few milliseconds is not called growth).
 FLAT_GROWTH_MAX = 0.5
-FLAT_SLACK = {"source_lock_ms": 10.0, "source_replication_paused_ms": 100.0}
+FLAT_SLACK = {"source_lock_ms": 10.0, "source_replication_paused_ms": 100.0,
+              "target_downtime_ms": 500.0}
 
 CLONES = ("hotcopy", "hotcopy_nopreflush", "mariabackup")
 #: The same clone as "hotcopy" with its journal in etcd (``--journal sqlite,etcd``).
@@ -28,6 +31,9 @@ ETCD_PIPELINE = "hotcopy_etcd"
 THROTTLED_PIPELINE = "hotcopy_throttled"
 #: Delta re-seeds of a target made 1 % and 10 % stale (bench/hotcopy_bench/delta.py).
 DELTA_PIPELINES = ("hotcopy_delta_1pct", "hotcopy_delta_10pct")
+#: The same clone with the default verification (checksums of source and target), timed
+#: to the end of its verify step ("verified_s").
+VERIFIED_PIPELINE = "hotcopy_verified"
 
 
 @dataclass
@@ -136,6 +142,11 @@ def targets(groups: dict[int, dict[str, Group]]) -> list[Verdict]:
                                 f"{_fmt(e2e, ' s', 1)} / {_fmt(mb, ' s', 1)} = "
                                 f"{_fmt(r, ' x', 2)}", "< 1 x",
                                 None if r is None else r < 1))
+        verdicts += _verified_targets(label, by, floor)
+        down = hot.get("target_downtime_ms") if hot else None
+        verdicts.append(Verdict("target downtime (median)", label, _fmt(down, " ms"),
+                                f"<= {DOWNTIME_MS_MAX:.0f} ms",
+                                None if down is None else down <= DOWNTIME_MS_MAX))
         during = hot.get("source_read_p99_ms") if hot else None
         base = by["baseline"].get("source_read_p99_ms") if "baseline" in by else None
         r = stats.ratio(during, base)
@@ -146,8 +157,22 @@ def targets(groups: dict[int, dict[str, Group]]) -> list[Verdict]:
         verdicts += _throttle_targets(label, by)
     verdicts.append(_flat(groups, "source_lock_ms"))
     verdicts.append(_flat(groups, "source_replication_paused_ms"))
+    verdicts.append(_flat(groups, "target_downtime_ms"))
     verdicts += journal_targets(groups)
     return verdicts
+
+
+def _verified_targets(label: str, by: dict[str, Group], floor: float | None) -> list[Verdict]:
+    """The default config (checksum verification) to a verified replica, against the floor."""
+    checked = by.get(VERIFIED_PIPELINE)
+    if checked is None:
+        return []
+    verified = checked.get("verified_s")
+    r = stats.ratio(verified, floor)
+    return [Verdict("end-to-end with checksum verification vs raw copy floor", label,
+                    f"{_fmt(verified, ' s', 1)} / {_fmt(floor, ' s', 1)} = {_fmt(r, ' x', 2)}",
+                    f"<= {VERIFIED_FLOOR_FACTOR_MAX} x",
+                    None if r is None else r <= VERIFIED_FLOOR_FACTOR_MAX)]
 
 
 def _throttle_targets(label: str, by: dict[str, Group]) -> list[Verdict]:

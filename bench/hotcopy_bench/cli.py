@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE_CHOICES = ("baseline", "hotcopy", "hotcopy_nopreflush", "mariabackup", "floor",
-                    "method", "hotcopy_etcd", "hotcopy_throttled", "hotcopy_delta")
+                    "method", "hotcopy_etcd", "hotcopy_verified", "hotcopy_throttled",
+                    "hotcopy_delta")
 JOURNAL_CHOICES = ("sqlite", "etcd")
 REQUIRED_TOOLS = ("sysbench", "mariabackup", "mbstream", "tar", "rsync", "mkfs.btrfs")
 

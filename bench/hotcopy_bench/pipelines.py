@@ -64,6 +64,7 @@ def summarize_clone(doc: dict[str, Any], start: float, exited: float) -> dict[st
     """The figures of one clone from its ``--json`` report (pure: unit-tested)."""
     steps = {s["name"]: s for s in doc.get("steps", [])}
     caught_up = steps.get("catch_up", {}).get("ended") or exited
+    verified = steps.get("verify", {}).get("ended")
     pull = steps.get("pull", {})
     pull_s = (pull.get("ms") or 0) / 1000
     literal = doc.get("literal_bytes") or doc.get("bytes_transferred") or 0
@@ -74,6 +75,8 @@ def summarize_clone(doc: dict[str, Any], start: float, exited: float) -> dict[st
         "end": caught_up,
         "e2e_s": caught_up - start,
         "wall_s": exited - start,
+        # to the end of verify: with checksums (hotcopy_verified) what the default costs
+        "verified_s": verified - start if verified else None,
         "source_lock_ms": doc.get("source_lock_ms"),
         "source_replication_paused_ms": doc.get("source_replication_paused_ms"),
         "bytes_transferred": doc.get("bytes_transferred"),

@@ -10,11 +10,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bench.hotcopy_bench.aggregate import group
+from bench.hotcopy_bench.aggregate import VERIFIED_PIPELINE, group
 from bench.hotcopy_bench.report import pipeline_name
 
 STYLE = {"hotcopy": ("o", "-"), "hotcopy_nopreflush": ("o", "--"),
-         "mariabackup": ("s", "-"), "floor": ("^", ":")}
+         VERIFIED_PIPELINE: ("o", ":"), "mariabackup": ("s", "-"), "floor": ("^", ":")}
+
+
+def _timed(pipeline: str) -> str:
+    """The figure a pipeline's line shows: to a caught-up target, or to a verified one."""
+    return "verified_s" if pipeline == VERIFIED_PIPELINE else "e2e_s"
 
 
 def series(doc: dict[str, Any]) -> dict[str, list[tuple[float, float, float, float]]]:
@@ -22,13 +27,15 @@ def series(doc: dict[str, Any]) -> dict[str, list[tuple[float, float, float, flo
     shipped = {int(k): v["ship_bytes"] / 1e9 for k, v in doc.get("sizes", {}).items()}
     runs: dict[tuple[str, int], list[float]] = {}
     for record in doc.get("records", []):
-        if record["ok"] and record["pipeline"] != "baseline" and "e2e_s" in record["figures"]:
+        key = _timed(record["pipeline"])
+        if record["ok"] and record["pipeline"] != "baseline" and \
+                record["figures"].get(key) is not None:
             runs.setdefault((record["pipeline"], int(record["size"])), []).append(
-                float(record["figures"]["e2e_s"]))
+                float(record["figures"][key]))
     groups = group(doc)
     out: dict[str, list[tuple[float, float, float, float]]] = {}
     for (pipeline, size), values in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        med = groups[size][pipeline].get("e2e_s")
+        med = groups[size][pipeline].get(_timed(pipeline))
         if med is None or size not in shipped:
             continue
         out.setdefault(pipeline, []).append((shipped[size], med, min(values), max(values)))
@@ -43,8 +50,8 @@ def write(doc: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     lines = series(doc)
-    order = ["hotcopy", "hotcopy_nopreflush", *sorted(p for p in lines if ":" in p),
-             "mariabackup", "floor"]
+    order = ["hotcopy", "hotcopy_nopreflush", VERIFIED_PIPELINE,
+             *sorted(p for p in lines if ":" in p), "mariabackup", "floor"]
     for pipeline in [p for p in order if p in lines]:
         points = lines[pipeline]
         marker, line = STYLE.get(pipeline, ("D", "-."))
@@ -53,7 +60,8 @@ def write(doc: dict[str, Any], path: Path) -> None:
         low = [p[1] - p[2] for p in points]
         high = [p[3] - p[1] for p in points]
         ax.errorbar(xs, ys, yerr=[low, high], marker=marker, linestyle=line, capsize=3,
-                    label=pipeline_name(pipeline))
+                    label=pipeline_name(pipeline)
+                    + (" (to verified)" if pipeline == VERIFIED_PIPELINE else ""))
     floor = lines.get("floor")
     if floor:
         ax.plot([p[0] for p in floor], [p[1] * 1.25 for p in floor], color="grey",

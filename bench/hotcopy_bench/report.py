@@ -12,6 +12,7 @@ from bench.hotcopy_bench.aggregate import (
     DELTA_PIPELINES,
     ETCD_PIPELINE,
     THROTTLED_PIPELINE,
+    VERIFIED_PIPELINE,
     Group,
     Verdict,
     group,
@@ -24,6 +25,7 @@ PIPELINE_NAMES = {
     "hotcopy_nopreflush": "hotcopy (pre-flush off)",
     ETCD_PIPELINE: "hotcopy (pre-flush on), etcd journal",
     THROTTLED_PIPELINE: "hotcopy, latency throttle on",
+    VERIFIED_PIPELINE: "hotcopy, checksum verification (the default)",
     "hotcopy_delta_1pct": "hotcopy delta re-seed, target 1 % stale",
     "hotcopy_delta_10pct": "hotcopy delta re-seed, target 10 % stale",
     "mariabackup": "mariabackup stream + prepare + move-back",
@@ -99,7 +101,7 @@ def _setup(doc: dict[str, Any]) -> str:
 def _summary(size: int, by: dict[str, Group]) -> str:
     floor = by["floor"].get("e2e_s") if "floor" in by else None
     rows = []
-    order = [*CLONES, ETCD_PIPELINE, THROTTLED_PIPELINE, *DELTA_PIPELINES,
+    order = [*CLONES, VERIFIED_PIPELINE, ETCD_PIPELINE, THROTTLED_PIPELINE, *DELTA_PIPELINES,
              *sorted(p for p in by if p.startswith("method:")), "floor"]
     for pipeline in order:
         g = by.get(pipeline)
@@ -112,11 +114,13 @@ def _summary(size: int, by: dict[str, Group]) -> str:
         rows.append([pipeline_name(pipeline), f"{g.ok}" + (f" ({g.failed} failed)"
                                                            if g.failed else ""),
                      num(g.get("e2e_s")), num(stats.ratio(g.get("e2e_s"), floor), 2),
+                     num(g.get("verified_s")) if pipeline == VERIFIED_PIPELINE else "-",
                      num(block) if pipeline != "floor" else "-",
                      num(g.get("source_replication_paused_ms"), 0),
                      num(stopped, 0),
                      num(shipped, 2, 1e-9), num(rate, 0)])
-    return md_table(["pipeline", "runs", "end-to-end s", "x floor", "source write block ms",
+    return md_table(["pipeline", "runs", "end-to-end s", "x floor", "verified s",
+                     "source write block ms",
                      "SQL thread paused ms (self-reported)", "SQL thread stopped ms (polled)",
                      "GB shipped", "copy MB/s"], rows)
 

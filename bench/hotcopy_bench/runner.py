@@ -81,6 +81,7 @@ class Harness:
         self.etcd_config: Path | None = None
         self.throttled_config: Path | None = None
         self.delta_config: Path | None = None
+        self.verified_config: Path | None = None
 
     # -- the run -------------------------------------------------------------------
 
@@ -103,6 +104,8 @@ class Harness:
                 latency_factor=self.options.latency_factor)
             self.delta_config = self.shard.write_config(
                 self.options.workdir / "delta.toml", preflush=True, delta=True)
+            self.verified_config = self.shard.write_config(
+                self.options.workdir / "verified.toml", preflush=True, verify="checksum")
             if "etcd" in self.options.journals:
                 self._etcd_up()
             for size in self.options.sizes:
@@ -170,6 +173,8 @@ class Harness:
                                                              f"hotcopy-etcd-{tag}")),
             ("hotcopy_nopreflush", lambda: pipelines.hotcopy_clone(
                 self.configs[False], None, logs, f"hotcopy-nopreflush-{tag}")),
+            ("hotcopy_verified", lambda: pipelines.hotcopy_clone(
+                self._verified_config(), None, logs, f"hotcopy-verified-{tag}")),
             ("hotcopy_throttled", lambda: pipelines.hotcopy_clone(
                 self._throttled_config(), None, logs, f"hotcopy-throttled-{tag}")),
             ("mariabackup", lambda: mariabackup_clone(self.shard, logs, f"mariabackup-{tag}")),
@@ -206,6 +211,11 @@ class Harness:
         if self.throttled_config is None:
             raise pipelines.PipelineError("no config for the throttled clone")
         return self.throttled_config
+
+    def _verified_config(self) -> Path:
+        if self.verified_config is None:
+            raise pipelines.PipelineError("no config for the verified clone")
+        return self.verified_config
 
     def _etcd_config(self) -> Path:
         if self.etcd_config is None:

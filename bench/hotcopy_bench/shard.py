@@ -150,12 +150,14 @@ class Shard:
 
     def write_config(self, path: Path, *, preflush: bool,
                      etcd_endpoints: list[str] | None = None,
-                     latency_factor: float | None = None, delta: bool = False) -> Path:
+                     latency_factor: float | None = None, delta: bool = False,
+                     verify: str = "catchup") -> Path:
         """The sandbox's hotcopy.toml plus the bench's [clone] settings.
 
-        verify = "catchup": the end-to-end time is measured to a caught-up target, as
-        for mariabackup; a checksum verify would add a second source pause that no
-        alternative pays. With ``etcd_endpoints`` the journal is etcd instead of the
+        verify = "catchup" (unless ``verify`` says otherwise): the end-to-end time is
+        measured to a caught-up target, as for mariabackup; a checksum verify would add a
+        second source pause that no alternative pays (the pipeline hotcopy_verified
+        measures what it costs). With ``etcd_endpoints`` the journal is etcd instead of the
         sandbox's SQLite file (the sandbox's own state is unaffected). With
         ``latency_factor`` the copy is paced by the latency throttle; with ``delta`` the
         clone re-seeds from a snapshot of the target's own datadir.
@@ -163,7 +165,7 @@ class Shard:
         text = self.sandbox_info.config_path.read_text()
         if etcd_endpoints:
             text = with_etcd_journal(text, etcd_endpoints)
-        text += ("\n[clone]\nverify = \"catchup\"\n"
+        text += (f"\n[clone]\nverify = \"{verify}\"\n"
                  f"preflush_dirty_pages = {'true' if preflush else 'false'}\n"
                  + ('delta = "on"\n' if delta else ""))
         if latency_factor is not None:

@@ -18,22 +18,28 @@ def _record(size: int, pipeline: str, run: int, figures: dict[str, Any],
             "impact": impact or {}, "error": error, "unsupported": unsupported}
 
 
-def _clone(e2e: float, lock: float, paused: float, pull_ms: float = 1000.0) -> dict[str, Any]:
+def _clone(e2e: float, lock: float, paused: float, pull_ms: float = 1000.0,
+           downtime_ms: float = 900.0, verified: float | None = None) -> dict[str, Any]:
     return {"start": 0.0, "end": e2e, "e2e_s": e2e, "source_lock_ms": lock,
             "source_replication_paused_ms": paused, "literal_bytes": 10**9,
-            "transfer_mb_s": 100.0, "steps_ms": {"pull": pull_ms, "catch_up": 500.0}}
+            "transfer_mb_s": 100.0, "steps_ms": {"pull": pull_ms, "catch_up": 500.0},
+            "target_downtime_ms": downtime_ms, "verified_s": verified}
 
 
 def _doc(lock_small: float, lock_large: float, e2e: float, floor: float, mb: float,
-         p99_during: float, p99_base: float) -> dict[str, Any]:
+         p99_during: float, p99_base: float, downtime_ms: float = 900.0,
+         verified: float | None = None) -> dict[str, Any]:
     records = []
     for size, lock in ((GIB, lock_small), (4 * GIB, lock_large)):
         for run, jitter in enumerate((0.9, 1.0, 1.1), start=1):
             records += [
                 _record(size, "baseline", run, {"start": 0, "end": 20},
                         {"source_read_p99_ms": p99_base * jitter, "master_tps": 40.0}),
-                _record(size, "hotcopy", run, _clone(e2e * jitter, lock * jitter, 300.0),
+                _record(size, "hotcopy", run, _clone(e2e * jitter, lock * jitter, 300.0,
+                                                     downtime_ms=downtime_ms * jitter),
                         {"source_read_p99_ms": p99_during * jitter, "master_tps": 39.0}),
+                _record(size, "hotcopy_verified", run,
+                        _clone(e2e * jitter, lock, 300.0, verified=(verified or e2e) * jitter)),
                 _record(size, "mariabackup", run, {"e2e_s": mb * jitter,
                                                    "block_commit_ms": 250.0,
                                                    "steps_ms": {"backup": 4000.0}}),
@@ -69,6 +75,18 @@ def test_targets_met() -> None:
     verdicts = _verdicts(_doc(30, 32, 20, 18, 40, 10, 8))
     assert all(v.met for v in verdicts.values()), [v for v in verdicts.values() if not v.met]
     assert verdicts[("source_lock_ms flat as data grows", "1G->4G")].measured == "30 -> 32 ms"
+
+
+def test_downtime_and_verified_clone_are_judged() -> None:
+    met = _verdicts(_doc(30, 32, 20, 18, 40, 10, 8, downtime_ms=1500, verified=25))
+    assert met[("target downtime (median)", "4G")].met is True
+    assert met[("end-to-end with checksum verification vs raw copy floor", "1G")].measured == \
+        "25.0 s / 18.0 s = 1.39 x"
+    missed = _verdicts(_doc(30, 32, 20, 18, 40, 10, 8, downtime_ms=2500, verified=30))
+    assert missed[("target downtime (median)", "1G")].met is False
+    assert missed[("end-to-end with checksum verification vs raw copy floor", "4G")].met is False
+    grows = _verdicts(_doc(30, 32, 20, 18, 40, 10, 8, downtime_ms=0.0))
+    assert grows[("target_downtime_ms flat as data grows", "1G->4G")].met is True
 
 
 def test_targets_missed() -> None:
@@ -137,7 +155,9 @@ def test_summarize_clone() -> None:
 
 def test_plot_series_one_line_per_pipeline_with_range() -> None:
     lines = plot.series(_doc(30, 30, 20, 18, 40, 10, 8))
-    assert set(lines) == {"hotcopy", "mariabackup", "floor"}
+    assert set(lines) == {"hotcopy", "hotcopy_verified", "mariabackup", "floor"}
+    # The verified clone's line is timed to the end of its verify step.
+    assert [p[1] for p in lines["hotcopy_verified"]] == pytest.approx([20.0, 20.0])
     first = lines["hotcopy"][0]
     assert first[0] == pytest.approx(1.1)  # GB shipped
     assert first[1:] == pytest.approx((20.0, 18.0, 22.0))  # median, min, max
