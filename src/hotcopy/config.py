@@ -81,6 +81,7 @@ class CloneConfig(_Strict):
     preflush_dirty_pages: bool = True
     preflush_timeout_s: float = Field(default=3, ge=0)
     catchup_timeout_s: float = Field(default=600, gt=0)
+    fast_catchup: bool = True
     verify: Literal["checksum", "catchup"] = "checksum"
     verify_timeout_s: float = Field(default=1800, gt=0,
                                     description="bound of the checksum phase of verify")

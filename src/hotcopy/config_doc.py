@@ -61,6 +61,10 @@ EXPLAINED: dict[str, str] = {
                                   "the pause is short",
     "clone.preflush_timeout_s": "longest the pre-flush may take",
     "clone.catchup_timeout_s": "longest the new replica may take to catch up",
+    "clone.fast_catchup": "until it has caught up, the new target commits without waiting "
+                          "for fsync (innodb_flush_log_at_trx_commit = 2, sync_binlog = 0; "
+                          "its own values come back before verify and commit): its datadir "
+                          "is discarded by any rollback until then",
     "clone.verify": "checksum: compare table checksums with the source (a second short "
                     "pause of its SQL thread); catchup: only wait for catch-up",
     "clone.keep_old_datadir": "keep the target's old datadir after the commit",

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from hotcopy.errors import HotcopyError
 from hotcopy.mysql.flavor.base import connection_owner, kill_connection, set_global
 from hotcopy.runtime import Runtime
 from hotcopy.saga import undo_action
@@ -52,6 +53,21 @@ def release_lock_session(runtime: Runtime, params: Mapping[str, Any]) -> None:
 @undo_action("mysql.set_global", describe="set {variable} back to {value} on {server}")
 def restore_global(runtime: Runtime, params: Mapping[str, Any]) -> None:
     runtime.server(params["server"]).execute(set_global(params["variable"], params["value"]))
+
+
+@undo_action("mysql.set_global_if_running",
+             describe="set {variable} back to {value} on {server} (if its mysqld still runs)")
+def restore_global_if_running(runtime: Runtime, params: Mapping[str, Any]) -> None:
+    """For a server a rollback stops anyway: a mysqld that is gone took the value with it,
+    and the next start reads the server's own configuration."""
+    try:
+        runtime.server(params["server"]).execute(set_global(params["variable"],
+                                                            params["value"]))
+    except HotcopyError:
+        if runtime.mysqld(params["server"]).is_running():
+            raise
+        log.info("%s: mysqld is not running; %s comes from its configuration at the next "
+                 "start", params["server"], params["variable"])
 
 
 @undo_action("mysqld.start", describe="start mysqld on {server}")

@@ -31,7 +31,7 @@ from hotcopy.transfer.base import (
     method_for,
     unless_deposed,
 )
-from hotcopy.workflows import pacing
+from hotcopy.workflows import catchup_durability, pacing
 from hotcopy.workflows.report import ProgressRecorder
 from hotcopy.workflows.runner import StepContext
 from hotcopy.workflows.snapshot_watch import SnapshotUnusable, SnapshotWatch
@@ -345,11 +345,12 @@ def change_master(ctx: StepContext) -> dict[str, Any]:
         for statement in flavor.prepare_gtid_position(coords.gtid):
             server.execute(statement)
     server.execute(flavor.change_master(coords, user, password))
+    durability = catchup_durability.relax(ctx, server)
     server.execute(flavor.start_replica())
     where = (f"GTID {coords.gtid}" if coords.gtid
              else f"{coords.master_log_file}:{coords.master_log_pos}")
     result: dict[str, Any] = {
-        "positioning": "gtid" if coords.gtid else "file/position",
+        "positioning": "gtid" if coords.gtid else "file/position", **durability,
         "_detail": f"replicating from {coords.master_host}:{coords.master_port} at {where}"}
     if note:
         result["positioning_note"] = note
@@ -362,8 +363,10 @@ def catch_up(ctx: StepContext) -> dict[str, Any]:
     result = replication.wait_caught_up(
         target, master, timeout_s=ctx.runtime.config.clone.catchup_timeout_s)
     ctx.info(catchup_s=result.elapsed_s)
-    return {"catchup_s": result.elapsed_s, "caught_up_to": result.target_gtid,
-            "_detail": f"caught up to {result.target_gtid or 'lag 0'}"}
+    restored = catchup_durability.restore(ctx)
+    return {"catchup_s": result.elapsed_s, "caught_up_to": result.target_gtid, **restored,
+            "_detail": f"caught up to {result.target_gtid or 'lag 0'}"
+                       + ("; its own durability settings back" if restored else "")}
 
 
 def master_server(ctx: StepContext) -> Server:
