@@ -53,8 +53,9 @@ def relax(ctx: StepContext, server: Server) -> dict[str, Any]:
         relaxed[variable] = int(current)
     if not relaxed:
         return {"catchup_durability": "unchanged (already relaxed)"}
-    return {"catchup_durability": "relaxed until caught up: " + ", ".join(
-        f"{name} {old} -> {RELAXED[name]}" for name, old in relaxed.items())}
+    return {"catchup_relaxed": relaxed,
+            "catchup_durability": "relaxed until caught up: " + ", ".join(
+                f"{name} {old} -> {RELAXED[name]}" for name, old in relaxed.items())}
 
 
 def restore(ctx: StepContext) -> dict[str, Any]:

@@ -351,7 +351,9 @@ def change_master(ctx: StepContext) -> dict[str, Any]:
              else f"{coords.master_log_file}:{coords.master_log_pos}")
     result: dict[str, Any] = {
         "positioning": "gtid" if coords.gtid else "file/position", **durability,
-        "_detail": f"replicating from {coords.master_host}:{coords.master_port} at {where}"}
+        "_detail": f"replicating from {coords.master_host}:{coords.master_port} at {where}"
+                   + ("; catching up without fsync" if durability.get("catchup_relaxed")
+                      else "")}
     if note:
         result["positioning_note"] = note
     return result
