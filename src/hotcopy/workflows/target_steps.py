@@ -20,7 +20,7 @@ from hotcopy.mysql.flavor import Coordinates
 from hotcopy.mysql.flavor.base import set_global
 from hotcopy.mysql.option_file import read_client_options
 from hotcopy.mysql.server import Server
-from hotcopy.progress import human_bytes
+from hotcopy.progress import human_bytes, human_duration
 from hotcopy.snapshot.base import SnapshotPlan
 from hotcopy.space import guard_reserve
 from hotcopy.transfer.base import (
@@ -35,6 +35,7 @@ from hotcopy.workflows import catchup_durability, pacing
 from hotcopy.workflows.report import ProgressRecorder
 from hotcopy.workflows.runner import StepContext
 from hotcopy.workflows.snapshot_watch import SnapshotUnusable, SnapshotWatch
+from hotcopy.workflows.writeback import StagingWriteback
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +211,11 @@ def pull(ctx: StepContext) -> dict[str, Any]:
     guard = SpaceGuard(executor, request.destination, space_reserve(ctx),
                        unless_deposed(request, "stopping a copy that fills the target",
                                       lambda: kill_marked(executor, ctx.job_id)), remaining)
+    writeback = StagingWriteback(executor, request.destination,
+                                 ctx.runtime.config.transfer.writeback_interval_s)
     try:
-        with guard, pacing.paced(ctx, method, handle, lambda: done_bytes[0]) as throttle:
+        with guard, writeback, \
+                pacing.paced(ctx, method, handle, lambda: done_bytes[0]) as throttle:
             result = method.pull(ctx.runtime, request, handle, on_progress)
     except SnapshotUnusable:
         raise
@@ -225,6 +229,9 @@ def pull(ctx: StepContext) -> dict[str, Any]:
         raise guard.error(request.target, remaining()) from exc
     if watch.broken():  # the copy looked complete, but what it read may be padding
         raise watch.error("the copy from {source} cannot be trusted")
+    # On disk before the old mysqld is asked to stop: its shutdown's fsyncs would
+    # otherwise wait for this backlog while the target is down (workflows/writeback.py).
+    flush_s = writeback.final()
     ctx.info(bytes_transferred=result.bytes_transferred, literal_bytes=result.literal_bytes)
     # The rate of everything copied, as the progress bar counts it (not only the literal
     # data rsync sent), so the step's figure and the bar's final one agree.
@@ -233,9 +240,10 @@ def pull(ctx: StepContext) -> dict[str, Any]:
     return {"bytes_transferred": result.bytes_transferred, "literal_bytes": result.literal_bytes,
             "files_transferred": result.files_transferred, "transfer_s": result.seconds,
             "transfer_attempts": result.attempts, **paced,
+            "staging_flush_ms": round(flush_s * 1000, 1), "staging_syncs": writeback.syncs,
             "_detail": f"{human_bytes(result.bytes_transferred)} in "
                        f"{result.files_transferred} files ({human_bytes(result.literal_bytes)} "
-                       f"sent), {human_bytes(rate)}/s"
+                       f"sent), {human_bytes(rate)}/s; on disk {human_duration(flush_s)} later"
                        + (f"; {paced.pop('_pacing')}" if paced else "")}
 
 
