@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 UNDO_ACTION = "mysql.set_global_if_running"
 
-#: The setting, its relaxed value, and whether a value found on the target is stricter.
+#: Each setting with the value it has while the new target catches up.
 RELAXED: dict[str, int] = {"innodb_flush_log_at_trx_commit": 2, "sync_binlog": 0}
 
 
