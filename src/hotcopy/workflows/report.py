@@ -13,7 +13,8 @@ _HEADLINE_KEYS = ("source_lock_ms", "source_replication_paused_ms", "bytes_trans
                   "literal_bytes", "catchup_s", "verify_source_paused_ms",
                   # issue 13: what the clone cost end to end, and how warm the target is
                   "target_downtime_ms", "time_to_caught_up_ms", "verify_ms",
-                  "snapshot_drop_ms", "buffer_pool_dump", "buffer_pool_loaded",
+                  "snapshot_drop_ms", "snapshot_drop_waited_ms", "buffer_pool_dump",
+                  "buffer_pool_loaded",
                   "buffer_pool_load_status", "dirty_pages_before", "dirty_pages_after",
                   "preflush_outcome", "preflush_reason",
                   # the latency throttle: its state (live, then final) and what it cost
