@@ -155,3 +155,11 @@ def stop_agent(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
         proc.wait(timeout=30)
         raise
+
+
+def stopped(pid: int) -> bool:
+    """The process is SIGSTOPped (a clone paused by HOTCOPY_FAULT=pause-*)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except FileNotFoundError:
+        return False

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from hotcopy.mysql.server import Server
@@ -26,6 +25,7 @@ from .helpers import (
     leftovers,
     mark_local,
     runtime,
+    stopped,
     wait_for,
     wait_replicating,
 )
@@ -37,13 +37,6 @@ SETTINGS = ("innodb_flush_log_at_trx_commit", "sync_binlog")
 def _settings(server: Server) -> dict[str, int]:
     server.close()  # a fresh session: the server may have been restarted meanwhile
     return {name: int(server.variable(name) or 0) for name in SETTINGS}
-
-
-def _stopped(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-    except FileNotFoundError:
-        return False
 
 
 def _show(info: SandboxInfo, job: str) -> dict[str, Any]:
@@ -68,7 +61,7 @@ def test_the_target_catches_up_relaxed_and_is_durable_again_before_verify(
                               "--yes", "--json"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
     try:
-        assert wait_for(lambda: _stopped(child.pid) or child.poll() is not None,
+        assert wait_for(lambda: stopped(child.pid) or child.poll() is not None,
                         timeout=300, interval=0.05), "the clone never reached catch_up"
         assert child.poll() is None, child.communicate()[1][-3000:]
         # Replicating from the master on the new datadir, without an fsync per commit;

@@ -31,6 +31,7 @@ from .helpers import (
     leftovers,
     mark_local,
     runtime,
+    stopped,
     wait_for,
     wait_replicating,
 )
@@ -245,13 +246,6 @@ def test_clone_reports_downtime_catch_up_verify_and_preflush(
     assert "new datadir flushed to disk in" in text
 
 
-def _stopped(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-    except FileNotFoundError:
-        return False
-
-
 def _clone_dirtying_first(info: SandboxInfo) -> tuple[subprocess.CompletedProcess[str],
                                                        dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if k != "HOTCOPY_FAULT"}
@@ -261,7 +255,7 @@ def _clone_dirtying_first(info: SandboxInfo) -> tuple[subprocess.CompletedProces
                               "--yes", "--json"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
     try:
-        assert wait_for(lambda: _stopped(child.pid) or child.poll() is not None,
+        assert wait_for(lambda: stopped(child.pid) or child.poll() is not None,
                         timeout=120, interval=0.05), "the clone never reached the pre-flush"
         assert child.poll() is None, "the clone ended before its pre-flush"
         _sql(info, SOURCE, f"UPDATE {LOCAL}.t SET pad = REPEAT('y', 200)", local=True)
