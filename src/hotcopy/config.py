@@ -80,6 +80,7 @@ class CloneConfig(_Strict):
     lock_retry_delay_s: float = Field(default=1.0, ge=0)
     preflush_dirty_pages: bool = True
     preflush_timeout_s: float = Field(default=3, ge=0)
+    preflush_min_checkpoint_age_mb: float = Field(default=8, ge=0)
     catchup_timeout_s: float = Field(default=600, gt=0)
     fast_catchup: bool = True
     verify: Literal["checksum", "catchup"] = "checksum"

@@ -58,8 +58,12 @@ EXPLAINED: dict[str, str] = {
     "clone.lock_attempts": "attempts at the backup lock before the clone rolls back",
     "clone.lock_retry_delay_s": "pause between two lock attempts",
     "clone.preflush_dirty_pages": "flush InnoDB dirty pages before pausing the source, so "
-                                  "the pause is short",
+                                  "the target's crash recovery is short",
     "clone.preflush_timeout_s": "longest the pre-flush may take",
+    "clone.preflush_min_checkpoint_age_mb": "skip the pre-flush when the source's checkpoint "
+                                            "age (the redo the target would replay) is "
+                                            "below this: such a recovery is quicker than a "
+                                            "flush (0 = flush whenever pages are dirty)",
     "clone.catchup_timeout_s": "longest the new replica may take to catch up",
     "clone.fast_catchup": "until it has caught up, the new target commits without waiting "
                           "for fsync (innodb_flush_log_at_trx_commit = 2, sync_binlog = 0; "

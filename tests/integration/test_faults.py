@@ -53,13 +53,15 @@ STEP_NAMES = [step.name for step in STEPS]
 BOUNDARIES = kill_points(STEP_NAMES)
 # Where the snapshot's undo is owed: journaled by lock_source before the lock is waited
 # for (a no-op until the snapshot exists), and, as the drop runs in the background from
-# drop_snapshot on, marked done only once start_target has waited for it.
+# drop_snapshot on, marked done only once finish_drop has waited for it.
 SNAPSHOT_OWED = BOUNDARIES[BOUNDARIES.index(("after", "lock_source")):
-                           BOUNDARIES.index(("after", "drop_snapshot")) + 1]
+                           BOUNDARIES.index(("after", "finish_drop"))]
 # Resume elsewhere too: the source's quiesce group redone with a dead lock session, and
-# the target side after the snapshot is gone (stopped, swapped, started, re-pointed).
+# the target side while the drop is still owed (started, re-pointed, verified: the
+# resumed job drops the snapshot in the foreground).
 RESUMABLE = list(dict.fromkeys([
-    *SNAPSHOT_OWED,
+    *BOUNDARIES[BOUNDARIES.index(("after", "lock_source")):
+                BOUNDARIES.index(("after", "drop_snapshot")) + 1],
     ("after", "swap_datadir"), ("after", "start_target"), ("after", "change_master"),
     ("after", "verify")]))
 

@@ -37,9 +37,9 @@ BOUNDARIES = kill_points(STEP_NAMES)
 RESUMED = [("after", "snapshot"), ("after", "serve"), ("after", "swap_datadir"),
            ("after", "verify")]
 # The snapshot's undo is owed from lock_source (journaled before the lock is waited for)
-# until start_target has waited for the background drop (as in test_faults.py).
+# until finish_drop has waited for the background drop (as in test_faults.py).
 SNAPSHOT_OWED = set(BOUNDARIES[BOUNDARIES.index(("after", "lock_source")):
-                               BOUNDARIES.index(("after", "drop_snapshot")) + 1])
+                               BOUNDARIES.index(("after", "finish_drop"))])
 
 
 @pytest.fixture(scope="module")

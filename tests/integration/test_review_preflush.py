@@ -8,6 +8,7 @@ pre-flush, then rolled back, must leave both variables as they were.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -50,11 +51,16 @@ def rt(sandbox: SandboxInfo) -> Iterator[Runtime]:
     runtime_.close()
 
 
-def test_rollback_after_the_preflush_restores_the_lwm(sandbox: SandboxInfo,
-                                                     rt: Runtime) -> None:
+def test_rollback_after_the_preflush_restores_the_lwm(sandbox: SandboxInfo, rt: Runtime,
+                                                     tmp_path: Path) -> None:
     pct_before, lwm_before = variables(rt)
     assert lwm_before == LWM and pct_before > LWM
-    proc, _ = clone_json(sandbox, SOURCE, TARGET, env={"HOTCOPY_FAULT": "kill-after:preflush"})
+    # The pre-flush must run whatever the checkpoint age: it is what this test is about.
+    always = tmp_path / "hotcopy.toml"
+    always.write_text(sandbox.config_path.read_text()
+                      + "\n[clone]\npreflush_min_checkpoint_age_mb = 0\n")
+    proc, _ = clone_json(sandbox, SOURCE, TARGET, env={"HOTCOPY_FAULT": "kill-after:preflush"},
+                         config=always)
     assert proc.returncode == -9, proc.stderr[-2000:]
     journal = SqliteJournal(config_module.load(sandbox.config_path).journal_path())
     try:

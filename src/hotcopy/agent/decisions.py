@@ -228,7 +228,7 @@ def takeover(job_id: str, step_outcomes: Mapping[str, str],
     snapshot_kept = "snapshot" in outstanding_steps
     past_copy = step_outcomes.get("drop_snapshot") == "done"
     if past_copy:
-        return "resume", (f"job {job_id} had copied the data and dropped the snapshot: "
+        return "resume", (f"job {job_id} had copied the data and swapped it in: "
                           "resuming finishes the target")
     if snapshot_kept and transfer_started:
         return "resume", (f"job {job_id}'s snapshot still exists and its transfer was under "

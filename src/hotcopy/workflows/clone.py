@@ -161,6 +161,8 @@ STEPS: list[Step] = [
     Step("buffer_pool_load", "check the target loaded the source's buffer pool list",
          warm.check_load),
     Step("crash_safety", "make the new replica crash-safe and audit it", _crash_safety),
+    Step("finish_drop", "wait for the background snapshot drop to end",
+         overlap.await_drop),
     Step("commit", "commit: remove the old datadir", _commit),
     Step("hook_after_commit", "run the after_commit hook (put the target back)",
          clone_hooks.after_commit),
@@ -189,7 +191,7 @@ BACKUP_STEPS: list[Step] = [
          backup_steps.prepare_backup, "backup"),
     # No snapshot to drop here.
     *[step for step in _shared("hook_before_stop_target", "hook_after_commit")
-      if step.name != "drop_snapshot"],
+      if step.name not in ("drop_snapshot", "finish_drop")],
 ]
 
 PIPELINES: dict[str, list[Step]] = {"snapshot": STEPS, "backup": BACKUP_STEPS}

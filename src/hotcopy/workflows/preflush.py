@@ -34,6 +34,24 @@ STALL_S = 2.0
 pages as fast as the cleaner writes them, and waiting longer only delays the clone."""
 
 
+def skip_reason(before: int, age: int | None, min_age_mb: float) -> str | None:
+    """Why no pre-flush is worth its time, or None to flush.
+
+    The target's recovery replays the redo written since the last checkpoint, so with
+    little of it recovery is quick whatever the dirty page count: in the benchmark
+    (1,000-1,400 dirty pages, checkpoint age 0.6-4.2 MB) the new mysqld answered 0.1-0.2 s
+    sooner after a pre-flush that cost the clone 0.3-1.0 s. Servers that do not report
+    the checkpoint age (``age`` None) are judged by their dirty pages alone.
+    """
+    if before <= DONE_PAGES:
+        return f"{before} dirty pages, at most {DONE_PAGES}: nothing worth flushing"
+    if age is not None and age < min_age_mb * 1e6:
+        return (f"checkpoint age {age / 1e6:.1f} MB, under clone.preflush_min_checkpoint_age_mb"
+                f" = {min_age_mb:g}: the target replays that little redo sooner than a "
+                "pre-flush would end")
+    return None
+
+
 def enough_pages(before: int) -> int:
     """The dirty pages at which the pre-flush has done its work."""
     return max(DONE_PAGES, int(before * LEFT_FRACTION))
@@ -72,9 +90,9 @@ def preflush(ctx: StepContext) -> dict[str, Any]:
     if not config.preflush_dirty_pages:
         return _report(before, before, age_before, age_before, 0.0, "skipped",
                        "clone.preflush_dirty_pages = false")
-    if before <= DONE_PAGES:
-        return _report(before, before, age_before, age_before, 0.0, "skipped",
-                       f"{before} dirty pages, at most {DONE_PAGES}: nothing worth flushing")
+    skip = skip_reason(before, age_before, config.preflush_min_checkpoint_age_mb)
+    if skip:
+        return _report(before, before, age_before, age_before, 0.0, "skipped", skip)
     # MariaDB lowers innodb_max_dirty_pages_pct_lwm along with the pct (to 0 here) and
     # does not raise it back with it: save it too. Its undo is pushed first, so it runs
     # last, after the pct is back (the lwm may not exceed the pct).
