@@ -119,6 +119,12 @@ def _summary(size: int, by: dict[str, Group]) -> str:
                      num(g.get("source_replication_paused_ms"), 0),
                      num(stopped, 0),
                      num(shipped, 2, 1e-9), num(rate, 0)])
+        on_disk = g.get("on_disk_s") if pipeline == "floor" else None
+        if on_disk is not None:
+            rows.append([f"{pipeline_name(pipeline)}, then sync -f (on disk)", f"{g.ok}",
+                         num(on_disk), num(stats.ratio(on_disk, floor), 2), "-", "-", "n/a",
+                         "n/a", num(shipped, 2, 1e-9), num(shipped / on_disk / 1e6 if shipped
+                                                           else None, 0)])
     return md_table(["pipeline", "runs", "end-to-end s", "x floor", "verified s",
                      "source write block ms",
                      "SQL thread paused ms (self-reported)", "SQL thread stopped ms (polled)",

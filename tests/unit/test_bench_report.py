@@ -43,7 +43,8 @@ def _doc(lock_small: float, lock_large: float, e2e: float, floor: float, mb: flo
                 _record(size, "mariabackup", run, {"e2e_s": mb * jitter,
                                                    "block_commit_ms": 250.0,
                                                    "steps_ms": {"backup": 4000.0}}),
-                _record(size, "floor", run, {"e2e_s": floor * jitter, "bytes": 10**9}),
+                _record(size, "floor", run, {"e2e_s": floor * jitter, "bytes": 10**9,
+                                             "on_disk_s": floor * 1.5 * jitter}),
             ]
     records.append(_record(GIB, "hotcopy", 4, {}, ok=False, error="boom"))
     records.append(_record(GIB, "method:rsync_ssh", 1, {}, ok=False, error="cannot be used",
@@ -128,6 +129,9 @@ def test_render_has_every_section_and_the_verdicts() -> None:
     assert "`rsync_ssh` was not measured: needs sshd" in text
     assert "- 1G hotcopy (pre-flush on): boom" in text
     assert "largest hotcopy steps are pull" in text
+    # The floor once more with its copy on disk (sync -f): 27 s = 1.5 x the 18 s floor.
+    on_disk = next(line for line in text.splitlines() if "then sync -f (on disk)" in line)
+    assert "| 27.0 | 1.50 |" in on_disk, on_disk
 
 
 def test_summarize_clone() -> None:
