@@ -79,10 +79,11 @@ EXPLAINED: dict[str, str] = {
                                "(at least 128 MiB)",
     "clone.start_timeout_s": "longest the target's mysqld may take to start (crash "
                              "recovery included)",
-    "transfer.writeback_interval_s": "while copying, write the target's staging directory "
-                                     "back to disk this often (sync -f; 0: only once the "
-                                     "copy ends), so the old mysqld's shutdown does not "
-                                     "wait for it while the target is down",
+    "transfer.writeback_interval_s": "while copying, start writing the staging files "
+                                     "changed since the last pass back to disk this often "
+                                     "(posix_fadvise DONTNEED, no wait; 0: only the sync "
+                                     "once the copy ends), so the old mysqld's shutdown "
+                                     "does not wait for them while the target is down",
     "transfer.method": "how the snapshot travels; auto: the first that fits both hosts "
                        "(zfs_send, rsyncd, rsync_ssh, stream)",
     "transfer.port_range": "TCP ports a transfer listener may use (rsyncd on the source; "

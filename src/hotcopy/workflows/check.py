@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 OK, PROBLEM, WARNING = "ok", "problem", "warning"
 
 #: What a clone runs on a host in either role (see the preflight), per transfer method.
-BASE_TOOLS = ["rsync", "find", "stat", "findmnt", "df", "chown", "sync"]
+BASE_TOOLS = ["rsync", "find", "stat", "findmnt", "df", "chown", "sync", "dd"]
 METHOD_TOOLS = {"auto": [], "rsyncd": ["rsync"], "rsync_ssh": ["rsync", "ssh"],
                 "stream": ["bash", "tar", "socat", "setsid", "ss"],
                 "zfs_send": ["zfs", "socat", "dd", "setsid"]}

@@ -102,7 +102,8 @@ def run(runtime: Runtime, journal: Journal, source: str, target: str,
     _check_sudo(report, tgt_exec, "target")
     if not report.errors:  # a refused sudo would only repeat itself as "not installed"
         _check_tools(report, src_exec, "source", ["rsync", "find", "stat", "findmnt"])
-        _check_tools(report, tgt_exec, "target", ["rsync", "stat", "df", "chown", "sync"])
+        _check_tools(report, tgt_exec, "target", ["rsync", "stat", "df", "chown", "sync",
+                                                  "find", "dd"])
     if report.errors:
         return report
     _check_source_files(report, runtime, src, source, job_id)

@@ -240,7 +240,8 @@ def pull(ctx: StepContext) -> dict[str, Any]:
     return {"bytes_transferred": result.bytes_transferred, "literal_bytes": result.literal_bytes,
             "files_transferred": result.files_transferred, "transfer_s": result.seconds,
             "transfer_attempts": result.attempts, **paced,
-            "staging_flush_ms": round(flush_s * 1000, 1), "staging_syncs": writeback.syncs,
+            "staging_flush_ms": round(flush_s * 1000, 1),
+            "staging_writeback_passes": writeback.passes,
             "_detail": f"{human_bytes(result.bytes_transferred)} in "
                        f"{result.files_transferred} files ({human_bytes(result.literal_bytes)} "
                        f"sent), {human_bytes(rate)}/s; on disk {human_duration(flush_s)} later"
