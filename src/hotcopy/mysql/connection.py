@@ -9,12 +9,15 @@ Driver errors are translated into messages that say which server and what to che
 from __future__ import annotations
 
 import logging
+import ssl
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pymysql
+import pymysql.connections
 import pymysql.cursors
 
 from hotcopy.errors import MySQLError
@@ -84,6 +87,26 @@ class Connection:
             log.debug("closing %s failed", self.address, exc_info=True)
 
 
+class _SharedTLSConnection(pymysql.connections.Connection):  # type: ignore[misc]
+    """PyMySQL builds a new TLS context for every session, even in its default
+    "preferred" mode against a server that offers no TLS, and each one loads the
+    system's CA store: 24 ms of CPU, 0.24 s of a sandbox clone's 1.5 s (10 sessions).
+    One context per set of TLS settings serves every session of the process (a
+    context is made to be shared by many sockets); how it is built stays PyMySQL's."""
+
+    _contexts: dict[tuple[tuple[str, Any], ...], ssl.SSLContext] = {}
+    _lock = threading.Lock()
+
+    def _create_ssl_ctx(self, sslp: Any) -> ssl.SSLContext:
+        if not isinstance(sslp, dict):
+            return super()._create_ssl_ctx(sslp)  # type: ignore[no-any-return]
+        key = tuple(sorted(sslp.items()))
+        with self._lock:
+            if key not in self._contexts:
+                self._contexts[key] = super()._create_ssl_ctx(sslp)
+            return self._contexts[key]
+
+
 def connect(
     address: ServerAddress,
     option_file: str | None,
@@ -98,7 +121,7 @@ def connect(
     """
     options = read_client_options(option_file) if option_file else ClientOptions()
     try:
-        raw = pymysql.connect(
+        raw = _SharedTLSConnection(
             host=address.host,
             port=address.port,
             unix_socket=address.unix_socket,
